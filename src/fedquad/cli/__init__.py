@@ -1,0 +1,1 @@
+"""Command-line interface: thin adapters over the library. Core modules never import this."""

@@ -1,0 +1,91 @@
+"""Apply a ClientPlan to an AdaptedModel: which LoRA tensors train, which blocks run under
+no_grad, which keep int8/int4 saved activations.
+
+Per block a forward pre-hook and an always-called forward hook bracket the block's forward:
+blocks below the trainable segment run with grad disabled (so autograd records and saves
+nothing there: the saving is real, not bookkeeping), trainable blocks run inside their own
+saved-tensor policy. Everything outside the blocks (embeddings, final norm, pooler, head) runs
+inside an accounting-only policy so the total is exact too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from fedquad.client.saved_activations import BlockBytes, QuantSettings, SavedTensorPolicy, parameter_storages
+from fedquad.models.adapted import AdaptedModel
+from fedquad.plan import ClientPlan
+
+
+class PlanRuntime:
+    """Installed on a model for the duration of a `with` block; `step()` brackets one forward."""
+
+    def __init__(self, adapted: AdaptedModel, plan: ClientPlan, quant: QuantSettings = QuantSettings(),
+                 seed: int = 0):
+        self.adapted, self.plan, self.quant_settings = adapted, plan, quant
+        L = adapted.num_blocks
+        plan.validate_for(L)
+        self.trainable = set(plan.trainable_blocks(L))
+        self.quantized = set(plan.quantized_blocks(L))
+        self.trainable_keys = adapted.keys_for_plan(plan)
+        storages = parameter_storages(adapted.model)
+        generator = None
+        if quant.stochastic:  # its own generator: stochastic rounding must not shift dropout's RNG
+            generator = torch.Generator(device=adapted.device).manual_seed(seed)
+        keep = frozenset({adapted.lora_rank})
+        self.policies = [SavedTensorPolicy(storages, quant if i in self.quantized else None, generator, keep)
+                         for i in range(L)]
+        self.outside = SavedTensorPolicy(storages, None)
+        self._handles: list = []
+        self._stack: list = []
+
+    # -- install / remove ---------------------------------------------------------------------
+    def __enter__(self) -> "PlanRuntime":
+        keys = set(self.trainable_keys)
+        for key in self.adapted.adapter_keys:
+            self.adapted.parameter(key).requires_grad_(key in keys)
+        for i, block in enumerate(self.adapted.blocks):
+            self._handles.append(block.register_forward_pre_hook(self._make_pre(i)))
+            self._handles.append(block.register_forward_hook(self._post, always_call=True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        while self._stack:  # only after an exception inside a block's forward
+            self._stack.pop().__exit__(None, None, None)
+
+    def _make_pre(self, index: int):
+        def pre(module, args):
+            if index in self.trainable:
+                ctx = self.policies[index].hooks()
+            else:
+                ctx = torch.no_grad()
+            ctx.__enter__()
+            self._stack.append(ctx)
+        return pre
+
+    def _post(self, module, args, output):
+        self._stack.pop().__exit__(None, None, None)
+
+    # -- per step ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self):
+        """Bracket one forward (+ backward): resets the byte counts, accounts non-block tensors."""
+        for p in self.policies:
+            p.reset()
+        self.outside.reset()
+        with self.outside.hooks():
+            yield self
+
+    def block_bytes(self) -> list[BlockBytes]:
+        return [p.bytes for p in self.policies]
+
+    def outside_bytes(self) -> BlockBytes:
+        return self.outside.bytes
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.adapted.parameter(k) for k in self.trainable_keys]

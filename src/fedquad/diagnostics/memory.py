@@ -1,0 +1,188 @@
+"""`fedquad memory`: one real training step with a plan on generated input.
+
+Reports per block the raw and kept saved-activation bytes (exact, from the pack hooks), the
+step time, the process peak RSS, and the cosine similarity of every trained gradient against
+an unquantized step on the same batch (same dropout masks).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from fedquad.client.runtime import PlanRuntime
+from fedquad.client.saved_activations import QuantSettings
+from fedquad.client.train import forward_backward
+from fedquad.errors import FedquadError
+from fedquad.models.adapted import AdaptedModel
+from fedquad.plan import ClientPlan
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise FedquadError(f"--device {requested} asked for, but CUDA is not available here")
+    try:
+        return torch.device(requested)
+    except RuntimeError:
+        raise FedquadError(f"unknown device {requested!r}; use auto, cpu or cuda") from None
+
+
+def generated_batch(adapted: AdaptedModel, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids (no padding) and labels; the shapes, not the content, set the memory."""
+    if batch_size <= 0 or seq_len <= 0:
+        raise FedquadError(f"batch size and sequence length must be positive, got {batch_size} and {seq_len}")
+    config = adapted.model.config
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if max_pos and seq_len > max_pos:
+        raise FedquadError(f"--seq-len {seq_len} exceeds the model's context of {max_pos} tokens")
+    g = torch.Generator().manual_seed(seed)
+    vocab = config.vocab_size
+    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if adapted.task == "causal-lm":
+        batch["labels"] = ids.clone()
+    else:
+        batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+    return batch
+
+
+@torch.no_grad()
+def perturb_adapters(adapted: AdaptedModel, std: float = 0.02, seed: int = 0) -> None:
+    """LoRA B starts at zero, which makes every LoRA A gradient zero and a cosine meaningless;
+    a small random B stands in for an adapter that has trained a few rounds."""
+    g = torch.Generator().manual_seed(seed)
+    for key in adapted.adapter_keys:
+        if "lora_B" in key:
+            p = adapted.parameter(key)
+            p.copy_(torch.randn(p.shape, generator=g).to(p) * std)
+
+
+@dataclass
+class MemoryReport:
+    model: str
+    plan: ClientPlan
+    batch_size: int
+    seq_len: int
+    device: str
+    dtype: str
+    blocks: list[dict] = field(default_factory=list)
+    outside_bytes: int = 0
+    step_s: float = 0.0
+    reference_step_s: float = 0.0
+    grad_cosines: dict[str, float] = field(default_factory=dict)
+    peak_rss_bytes: int = 0
+    cuda_max_memory_allocated_bytes: int | None = None
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(b["raw_bytes"] for b in self.blocks)
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(b["kept_bytes"] for b in self.blocks)
+
+    def to_dict(self) -> dict:
+        cos = list(self.grad_cosines.values())
+        out = {
+            "model": self.model, "plan": self.plan.to_dict(), "batch_size": self.batch_size,
+            "seq_len": self.seq_len, "device": self.device, "dtype": self.dtype,
+            "raw_bytes": self.raw_bytes, "kept_bytes": self.kept_bytes,
+            "kept_ratio": self.kept_bytes / self.raw_bytes if self.raw_bytes else 1.0,
+            "outside_bytes": self.outside_bytes, "blocks": self.blocks,
+            "step_s": self.step_s, "reference_step_s": self.reference_step_s,
+            "peak_rss_bytes": self.peak_rss_bytes,
+            "grad_cosine_min": min(cos) if cos else None,
+            "grad_cosine_mean": sum(cos) / len(cos) if cos else None,
+            "trained_tensors": len(cos),
+        }
+        if self.cuda_max_memory_allocated_bytes is not None:
+            out["cuda_max_memory_allocated_bytes"] = self.cuda_max_memory_allocated_bytes
+        return out
+
+
+def _peak_rss_bytes() -> int:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if sys.platform == "darwin" else kb * 1024  # Linux reports KiB, macOS bytes
+
+
+def _grads(runtime: PlanRuntime) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in runtime.trainable_keys:
+        p = runtime.adapted.parameter(key)
+        out[key] = p.grad.detach().float().clone() if p.grad is not None else torch.zeros(p.shape)
+        p.grad = None
+    return out
+
+
+def _timed_step(adapted, runtime, batch, seed) -> float:
+    torch.manual_seed(seed)  # identical dropout masks in the reference and the measured step
+    if adapted.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    forward_backward(adapted, runtime, batch)
+    if adapted.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch.Tensor],
+                 quant: QuantSettings = QuantSettings(), seed: int = 0,
+                 reference: tuple[float, dict[str, torch.Tensor]] | None = None) -> MemoryReport:
+    """Measure one step of `plan` against the same step unquantized. `reference` may pass in an
+    earlier unquantized result for the same depth (the sweep reuses it)."""
+    plan.validate_for(adapted.num_blocks)
+    quant = QuantSettings(bits=plan.bits, group_size=quant.group_size, stochastic=quant.stochastic,
+                          min_numel=quant.min_numel, quantizer=quant.quantizer)
+    adapted.model.train()
+    if reference is None:
+        reference = reference_step(adapted, plan, batch, quant, seed)
+    ref_s, ref_grads = reference
+    if adapted.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with PlanRuntime(adapted, plan, quant, seed=seed) as runtime:
+        step_s = _timed_step(adapted, runtime, batch, seed)
+        grads = _grads(runtime)
+        blocks = [{"index": i, "trainable": i in runtime.trainable, "quantized": i in runtime.quantized,
+                   "raw_bytes": b.raw_bytes, "kept_bytes": b.kept_bytes, "tensors": b.tensors,
+                   "quantized_tensors": b.quantized_tensors, "skipped": dict(b.skipped)}
+                  for i, b in enumerate(runtime.block_bytes())]
+        outside = runtime.outside_bytes().kept_bytes
+    report = MemoryReport(model=adapted.name, plan=plan, batch_size=int(batch["input_ids"].shape[0]),
+                          seq_len=int(batch["input_ids"].shape[1]), device=str(adapted.device),
+                          dtype=str(next(adapted.model.parameters()).dtype).replace("torch.", ""),
+                          blocks=blocks, outside_bytes=outside, step_s=step_s, reference_step_s=ref_s)
+    for key, g in grads.items():
+        r = ref_grads[key]
+        denom = float(g.norm() * r.norm())
+        report.grad_cosines[key] = float((g * r).sum()) / denom if denom > 0 else (1.0 if torch.equal(g, r) else 0.0)
+    report.peak_rss_bytes = _peak_rss_bytes()
+    if adapted.device.type == "cuda":
+        report.cuda_max_memory_allocated_bytes = int(torch.cuda.max_memory_allocated())
+    return report
+
+
+def reference_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettings, seed: int = 0):
+    """(step seconds, gradients) of the same depth with no quantized block."""
+    unquantized = ClientPlan(plan.depth, 0, plan.bits, plan.placement)
+    with PlanRuntime(adapted, unquantized, quant, seed=seed) as runtime:
+        seconds = _timed_step(adapted, runtime, batch, seed)
+        return seconds, _grads(runtime)
+
+
+def sweep(adapted: AdaptedModel, bits: int, batch, quant: QuantSettings = QuantSettings(), seed: int = 0,
+          placement: str = "bottom", progress=None) -> list[MemoryReport]:
+    """Every (depth, quant_layers) at `bits`."""
+    reports = []
+    for depth in range(adapted.num_blocks + 1):
+        ref = reference_step(adapted, ClientPlan(depth, 0, bits, placement), batch, quant, seed)
+        for q in range(depth + 1):
+            reports.append(probe_memory(adapted, ClientPlan(depth, q, bits, placement), batch, quant, seed, ref))
+            if progress:
+                progress()
+    return reports

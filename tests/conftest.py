@@ -1,0 +1,42 @@
+"""Shared fixtures. Models are cached per session: loading MiniLM takes seconds."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@functools.lru_cache(maxsize=None)
+def cached_model(name: str, task: str = "seq-cls"):
+    from fedquad.diagnostics.memory import perturb_adapters
+    from fedquad.models import load_model
+    adapted = load_model(name, task=task, with_tokenizer=False)
+    perturb_adapters(adapted)
+    return adapted
+
+
+@pytest.fixture
+def tiny_llama():
+    return cached_model("tiny-llama", "causal-lm")
+
+
+@pytest.fixture
+def minilm():
+    return cached_model("minilm")
