@@ -7,6 +7,8 @@ an unquantized step on the same batch (same dropout masks).
 
 from __future__ import annotations
 
+import dataclasses
+
 import resource
 import sys
 import time
@@ -131,14 +133,22 @@ def _timed_step(adapted, runtime, batch, seed) -> float:
     return time.perf_counter() - start
 
 
+def _cosine(g: torch.Tensor, r: torch.Tensor) -> float:
+    """Cosine in float64; identical tensors give exactly 1.0 (float32 rounding would not)."""
+    if torch.equal(g, r):
+        return 1.0
+    g, r = g.double(), r.double()
+    denom = float(g.norm() * r.norm())
+    return float((g * r).sum()) / denom if denom > 0 else 0.0
+
+
 def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch.Tensor],
                  quant: QuantSettings = QuantSettings(), seed: int = 0,
                  reference: tuple[float, dict[str, torch.Tensor]] | None = None) -> MemoryReport:
     """Measure one step of `plan` against the same step unquantized. `reference` may pass in an
     earlier unquantized result for the same depth (the sweep reuses it)."""
     plan.validate_for(adapted.num_blocks)
-    quant = QuantSettings(bits=plan.bits, group_size=quant.group_size, stochastic=quant.stochastic,
-                          min_numel=quant.min_numel, quantizer=quant.quantizer)
+    quant = dataclasses.replace(quant, bits=plan.bits)
     adapted.model.train()
     if reference is None:
         reference = reference_step(adapted, plan, batch, quant, seed)
@@ -159,8 +169,7 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
                           blocks=blocks, outside_bytes=outside, step_s=step_s, reference_step_s=ref_s)
     for key, g in grads.items():
         r = ref_grads[key]
-        denom = float(g.norm() * r.norm())
-        report.grad_cosines[key] = float((g * r).sum()) / denom if denom > 0 else (1.0 if torch.equal(g, r) else 0.0)
+        report.grad_cosines[key] = _cosine(g, r)
     report.peak_rss_bytes = _peak_rss_bytes()
     if adapted.device.type == "cuda":
         report.cuda_max_memory_allocated_bytes = int(torch.cuda.max_memory_allocated())

@@ -1,0 +1,158 @@
+"""Cost model (DESIGN section 4): memory, step time and round time of a ClientPlan.
+
+    M(plan)    = frozen + adapter + opt * (head_adapter + sum_trainable adapter_l) + head.saved
+                 + sum_trainable (kept_l[bits] if l quantized else saved_l) + workspace
+    step(plan) = (embedding_fwd + sum_all fwd_l + head fwd + head bwd + sum_trainable bwd_l
+                  + sum_quantized quant_l[bits]) / speed
+    round(plan) = local_steps * step + adapter / down_Bps + (head_adapter + sum_trainable adapter_l) / up_Bps
+
+Trainable and quantized blocks are contiguous ranges (ClientPlan), so every sum is a difference
+of prefix sums: O(1) per plan, which matters because the planner evaluates thousands of plans.
+Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+from fedquad.costmodel.profile import PROFILE_BITS, Profile
+from fedquad.errors import FedquadError
+from fedquad.plan import ClientPlan
+
+
+@dataclass(frozen=True)
+class RoundTimeBreakdown:
+    compute_s: float = field(metadata={"help": "local_steps x step time at the device's speed"})
+    download_s: float = field(metadata={"help": "time to download the global adapter"})
+    upload_s: float = field(metadata={"help": "time to upload the trained tensors"})
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.download_s + self.upload_s
+
+    def to_dict(self) -> dict:
+        return {"compute_s": self.compute_s, "download_s": self.download_s, "upload_s": self.upload_s,
+                "total_s": self.total_s}
+
+
+def _prefix(values) -> list:
+    return [0, *accumulate(values)]
+
+
+class CostModel:
+    """Prefix-summed view of one Profile. Build once (cost_model(profile) caches it), query often."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self.num_blocks = profile.num_blocks
+        blocks = profile.blocks
+        self._saved = _prefix(b.saved_bytes for b in blocks)
+        self._kept = {bits: _prefix(b.kept_bytes[bits] for b in blocks) for bits in PROFILE_BITS}
+        self._adapter = _prefix(b.adapter_bytes for b in blocks)
+        self._backward = _prefix(b.backward_s for b in blocks)
+        self._quant = {bits: _prefix(b.quant_s[bits] for b in blocks) for bits in PROFILE_BITS}
+        self._opt = profile.optimizer_bytes_per_trainable_byte
+        # What every plan pays: weights, the whole adapter (all global adapters run in forward),
+        # the head's optimizer state and the workspace; all blocks' forward and the head's step.
+        self._fixed_bytes = (profile.frozen_weight_bytes + profile.adapter_bytes
+                             + self._opt * profile.head_adapter_bytes + profile.workspace_bytes)
+        self._head_saved = profile.head.saved_bytes
+        self._head_saved0 = (profile.head.saved_bytes if profile.head.saved_bytes_depth0 is None
+                             else profile.head.saved_bytes_depth0)
+        self._base_step_s = (profile.embedding_forward_s + sum(b.forward_s for b in blocks)
+                             + profile.head.forward_s + profile.head.backward_s)
+        self.download_bytes = profile.adapter_bytes
+
+    def _quant_range(self, depth: int, quant_layers: int, placement: str) -> tuple[int, int]:
+        L = self.num_blocks
+        if placement == "bottom":
+            return L - depth, L - depth + quant_layers
+        return L - quant_layers, L
+
+    def costs(self, depth: int, quant_layers: int = 0, bits: int = 8, placement: str = "bottom"):
+        """(memory_bytes, unscaled step_time_s, upload_bytes) without building a ClientPlan.
+
+        The caller guarantees 0 <= quant_layers <= depth <= L (the planner's inner loop)."""
+        L = self.num_blocks
+        lo = L - depth
+        qa, qb = self._quant_range(depth, quant_layers, placement)
+        saved = self._saved
+        adapter = self._adapter[L] - self._adapter[lo]
+        act = saved[L] - saved[lo]
+        step = self._base_step_s + self._backward[L] - self._backward[lo]
+        if quant_layers:
+            kept = self._kept[bits]
+            act += kept[qb] - kept[qa] - (saved[qb] - saved[qa])
+            q = self._quant[bits]
+            step += q[qb] - q[qa]
+        memory = (self._fixed_bytes + self._opt * adapter + act
+                  + (self._head_saved if depth else self._head_saved0))
+        return memory, step, self.profile.head_adapter_bytes + adapter
+
+    def _check(self, plan: ClientPlan) -> ClientPlan:
+        if plan.depth > self.num_blocks:
+            raise FedquadError(f"plan {plan.describe()} is deeper than the profiled model "
+                               f"({self.profile.model}, {self.num_blocks} blocks)")
+        return plan
+
+    def memory_bytes(self, plan: ClientPlan) -> float:
+        self._check(plan)
+        return self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)[0]
+
+    def step_time_s(self, plan: ClientPlan, speed: float = 1.0) -> float:
+        self._check(plan)
+        return self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)[1] / speed
+
+    def upload_bytes(self, plan: ClientPlan) -> int:
+        self._check(plan)
+        return self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)[2]
+
+    def round_time(self, plan: ClientPlan, speed: float, up_Bps: float, down_Bps: float,
+                   local_steps: int) -> RoundTimeBreakdown:
+        self._check(plan)
+        if speed <= 0 or up_Bps <= 0 or down_Bps <= 0:
+            raise FedquadError(f"speed and bandwidths must be positive (speed={speed}, up={up_Bps}, down={down_Bps})")
+        _, step, upload = self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)
+        return RoundTimeBreakdown(compute_s=local_steps * step / speed, download_s=self.download_bytes / down_Bps,
+                                  upload_s=upload / up_Bps)
+
+    def full_footprint_bytes(self) -> float:
+        """Memory of full-depth, unquantized training: the yardstick for `fraction` budgets."""
+        return self.costs(self.num_blocks, 0)[0]
+
+    def head_only_bytes(self) -> float:
+        """Memory of depth 0 (head only): the smallest plan there is."""
+        return self.costs(0, 0)[0]
+
+
+_CACHE: dict[int, CostModel] = {}
+
+
+def cost_model(profile: Profile) -> CostModel:
+    """The CostModel of `profile`, built once. Keyed on identity: a Profile holds dicts, so it
+    cannot be hashed, and profiles are few and long-lived."""
+    cm = _CACHE.get(id(profile))
+    if cm is None or cm.profile is not profile:
+        if len(_CACHE) > 32:  # keeps dropped profiles from accumulating forever
+            _CACHE.clear()
+        cm = _CACHE[id(profile)] = CostModel(profile)
+    return cm
+
+
+def memory_bytes(profile: Profile, plan: ClientPlan) -> float:
+    return cost_model(profile).memory_bytes(plan)
+
+
+def step_time_s(profile: Profile, plan: ClientPlan, speed: float = 1.0) -> float:
+    return cost_model(profile).step_time_s(plan, speed)
+
+
+def round_time_breakdown(profile: Profile, plan: ClientPlan, speed: float, up_Bps: float, down_Bps: float,
+                         local_steps: int) -> RoundTimeBreakdown:
+    return cost_model(profile).round_time(plan, speed, up_Bps, down_Bps, local_steps)
+
+
+def round_time_s(profile: Profile, plan: ClientPlan, speed: float, up_Bps: float, down_Bps: float,
+                 local_steps: int) -> float:
+    return round_time_breakdown(profile, plan, speed, up_Bps, down_Bps, local_steps).total_s

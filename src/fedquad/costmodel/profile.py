@@ -1,0 +1,210 @@
+"""Profile: the measured inputs of the cost model (DESIGN section 4), loaded and validated.
+
+`fedquad profile` writes the JSON (schema version 1); this module only reads it. Every problem
+with a file is a FedquadError whose one-line message names the file and the field, because the
+profile is hand-editable and the planner's answers are only as good as these numbers.
+Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedquad.errors import FedquadError
+
+SCHEMA_VERSION = 1
+PROFILE_BITS = (8, 4)
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    index: int = field(metadata={"help": "block index, 0 = nearest the input"})
+    saved_bytes: int = field(metadata={"help": "bytes of saved activations when the block is trainable (exact)"})
+    kept_bytes: dict[int, int] = field(metadata={"help": "bits -> bytes kept when its saved activations are quantized"})
+    adapter_bytes: int = field(metadata={"help": "bytes of this block's LoRA tensors (what a trainer uploads)"})
+    forward_s: float = field(metadata={"help": "forward time of the block on the profiling machine"})
+    backward_s: float = field(metadata={"help": "extra time when the block is trainable (backward + optimizer)"})
+    quant_s: dict[int, float] = field(metadata={"help": "bits -> extra time of quantizing+dequantizing this block"})
+
+
+@dataclass(frozen=True)
+class HeadProfile:
+    saved_bytes: int = field(metadata={"help": "saved bytes outside the blocks (embedding output, head) in training"})
+    forward_s: float = field(metadata={"help": "head forward time (plus everything outside the blocks)"})
+    backward_s: float = field(metadata={"help": "head backward time"})
+    saved_bytes_depth0: int | None = field(default=None, metadata={
+        "help": "saved bytes outside the blocks at depth 0 when measured separately (optional)"})
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str = field(metadata={"help": "model preset name"})
+    family: str = field(metadata={"help": "architecture family (bert, llama, ...)"})
+    num_blocks: int = field(metadata={"help": "transformer blocks L"})
+    batch_size: int = field(metadata={"help": "examples per step the profile was measured at"})
+    seq_len: int = field(metadata={"help": "tokens per example the profile was measured at"})
+    dtype: str = field(metadata={"help": "compute dtype"})
+    device: str = field(metadata={"help": "device type of the profiling machine (cpu, cuda)"})
+    group_size: int = field(metadata={"help": "quantization group size"})
+    machine_gflops: float = field(metadata={"help": "measured matmul throughput of the profiling machine (speed 1.0)"})
+    frozen_weight_bytes: int = field(metadata={"help": "bytes of frozen base-model parameters"})
+    adapter_bytes: int = field(metadata={"help": "bytes of the whole global adapter = download size"})
+    head_adapter_bytes: int = field(metadata={"help": "bytes trainable at every depth (task head)"})
+    optimizer_bytes_per_trainable_byte: float = field(metadata={"help": "gradient + optimizer state per byte"})
+    workspace_bytes: int = field(metadata={"help": "transient peak beyond the saved activations"})
+    embedding_forward_s: float = field(metadata={"help": "embedding forward time"})
+    head: HeadProfile = field(metadata={"help": "what lies outside the blocks"})
+    blocks: tuple[BlockProfile, ...] = field(metadata={"help": "per-block measurements, index order"})
+    kept_ratio: dict[int, float] = field(default_factory=dict, metadata={"help": "kept/raw ratio per bits (info)"})
+    source: str = field(default="<dict>", compare=False, metadata={"help": "where the profile came from (messages)"})
+
+
+def load_profile(path: str) -> Profile:
+    """Read and validate a profile JSON file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FedquadError(f"profile {path} does not exist") from None
+    except IsADirectoryError:
+        raise FedquadError(f"profile {path} is a directory, not a JSON file") from None
+    except json.JSONDecodeError as exc:
+        raise FedquadError(f"profile {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FedquadError(f"cannot read profile {path}: {exc}") from None
+    return profile_from_dict(data, source=path)
+
+
+def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
+    """Validate a profile dict (as `fedquad profile` writes it). Extra fields are ignored."""
+    r = _Reader(source)
+    if not isinstance(data, dict):
+        r.fail("", f"must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version is None:
+        r.fail("schema_version", f"is missing (expected {SCHEMA_VERSION})")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        r.fail("schema_version",
+               f"is {version!r}, this fedquad reads version {SCHEMA_VERSION}; re-run `fedquad profile`")
+    num_blocks = r.integer(data, "num_blocks", minimum=1)
+    blocks_data = r.get(data, "blocks")
+    if not isinstance(blocks_data, list):
+        r.fail("blocks", f"must be a list, got {type(blocks_data).__name__}")
+    if len(blocks_data) != num_blocks:
+        r.fail("blocks", f"has {len(blocks_data)} entries but num_blocks is {num_blocks}")
+    blocks = tuple(_block(r, b, i) for i, b in enumerate(blocks_data))
+    head = r.obj(data, "head")
+    depth0 = head.get("saved_bytes_depth0")
+    kept_ratio = data.get("kept_ratio") or {}
+    if not isinstance(kept_ratio, dict):
+        r.fail("kept_ratio", f"must be an object, got {type(kept_ratio).__name__}")
+    machine_gflops = r.number(data, "machine_gflops")
+    if machine_gflops <= 0:
+        r.fail("machine_gflops", f"must be positive, got {machine_gflops}")
+    return Profile(
+        model=r.text(data, "model"), family=r.text(data, "family"), num_blocks=num_blocks,
+        batch_size=r.integer(data, "batch_size", minimum=1), seq_len=r.integer(data, "seq_len", minimum=1),
+        dtype=r.text(data, "dtype"), device=r.text(data, "device"), group_size=r.integer(data, "group_size", minimum=1),
+        machine_gflops=machine_gflops,
+        frozen_weight_bytes=r.integer(data, "frozen_weight_bytes"), adapter_bytes=r.integer(data, "adapter_bytes"),
+        head_adapter_bytes=r.integer(data, "head_adapter_bytes"),
+        optimizer_bytes_per_trainable_byte=r.number(data, "optimizer_bytes_per_trainable_byte"),
+        workspace_bytes=r.integer(data, "workspace_bytes"), embedding_forward_s=r.number(data, "embedding_forward_s"),
+        head=HeadProfile(
+            saved_bytes=r.integer(head, "saved_bytes", "head."), forward_s=r.number(head, "forward_s", "head."),
+            backward_s=r.number(head, "backward_s", "head."),
+            saved_bytes_depth0=None if depth0 is None else r.integer(head, "saved_bytes_depth0", "head.")),
+        blocks=blocks,
+        kept_ratio={int(k): r.number(kept_ratio, k, "kept_ratio.") for k in kept_ratio if k in ("8", "4")},
+        source=source,
+    )
+
+
+def profile_to_dict(profile: Profile) -> dict:
+    """The JSON form (schema version 1); profile_from_dict(profile_to_dict(p)) == p."""
+    head = {"saved_bytes": profile.head.saved_bytes, "forward_s": profile.head.forward_s,
+            "backward_s": profile.head.backward_s}
+    if profile.head.saved_bytes_depth0 is not None:
+        head["saved_bytes_depth0"] = profile.head.saved_bytes_depth0
+    return {
+        "schema_version": SCHEMA_VERSION, "model": profile.model, "family": profile.family,
+        "num_blocks": profile.num_blocks, "batch_size": profile.batch_size, "seq_len": profile.seq_len,
+        "dtype": profile.dtype, "device": profile.device, "group_size": profile.group_size,
+        "machine_gflops": profile.machine_gflops, "frozen_weight_bytes": profile.frozen_weight_bytes,
+        "adapter_bytes": profile.adapter_bytes, "head_adapter_bytes": profile.head_adapter_bytes,
+        "optimizer_bytes_per_trainable_byte": profile.optimizer_bytes_per_trainable_byte,
+        "workspace_bytes": profile.workspace_bytes, "embedding_forward_s": profile.embedding_forward_s,
+        "head": head, "kept_ratio": {str(k): v for k, v in profile.kept_ratio.items()},
+        "blocks": [{"index": b.index, "saved_bytes": b.saved_bytes,
+                    "kept_bytes": {str(k): v for k, v in b.kept_bytes.items()}, "adapter_bytes": b.adapter_bytes,
+                    "forward_s": b.forward_s, "backward_s": b.backward_s,
+                    "quant_s": {str(k): v for k, v in b.quant_s.items()}} for b in profile.blocks],
+    }
+
+
+def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
+    prefix = f"blocks[{i}]."
+    if not isinstance(b, dict):
+        r.fail(f"blocks[{i}]", f"must be an object, got {type(b).__name__}")
+    index = r.integer(b, "index", prefix)
+    if index != i:
+        r.fail(f"{prefix}index", f"is {index}, expected {i} (blocks must be listed in index order)")
+    kept = r.obj(b, "kept_bytes", prefix)
+    quant = r.obj(b, "quant_s", prefix)
+    return BlockProfile(
+        index=index, saved_bytes=r.integer(b, "saved_bytes", prefix),
+        kept_bytes={bits: r.integer(kept, str(bits), f"{prefix}kept_bytes.") for bits in PROFILE_BITS},
+        adapter_bytes=r.integer(b, "adapter_bytes", prefix), forward_s=r.number(b, "forward_s", prefix),
+        backward_s=r.number(b, "backward_s", prefix),
+        quant_s={bits: r.number(quant, str(bits), f"{prefix}quant_s.") for bits in PROFILE_BITS},
+    )
+
+
+class _Reader:
+    """Typed field access whose errors name the file and the dotted field path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, what: str):
+        where = f" field '{path}'" if path else ""
+        raise FedquadError(f"profile {self.source}:{where} {what}")
+
+    def get(self, data: dict, key: str, prefix: str = ""):
+        if key not in data:
+            self.fail(prefix + key, "is missing")
+        return data[key]
+
+    def obj(self, data: dict, key: str, prefix: str = "") -> dict:
+        value = self.get(data, key, prefix)
+        if not isinstance(value, dict):
+            self.fail(prefix + key, f"must be an object, got {type(value).__name__}")
+        return value
+
+    def text(self, data: dict, key: str, prefix: str = "") -> str:
+        value = self.get(data, key, prefix)
+        if not isinstance(value, str):
+            self.fail(prefix + key, f"must be a string, got {value!r}")
+        return value
+
+    def integer(self, data: dict, key: str, prefix: str = "", minimum: int = 0) -> int:
+        value = self.get(data, key, prefix)
+        # JSON writers sometimes emit 1.0e6 for a byte count: accept integral floats
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(prefix + key, f"must be an integer, got {value!r}")
+        if value < minimum:
+            self.fail(prefix + key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, data: dict, key: str, prefix: str = "") -> float:
+        value = self.get(data, key, prefix)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(prefix + key, f"must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            self.fail(prefix + key, f"must be a finite non-negative number, got {value!r}")
+        return float(value)

@@ -1,0 +1,102 @@
+"""What the planner remembers between rounds (DESIGN section 5, steps 4-5).
+
+Per device: exponential moving averages of measured/predicted round time and memory, and of
+reported free memory, so a device that slows down or loses free memory gets a lighter plan next
+round. Per block: rounds since someone last trained it (for the coverage option). Everything is
+plain JSON-able data: to_dict/from_dict make it part of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from fedquad.errors import FedquadError
+from fedquad.planner.result import DeviceDecision, RoundPlan
+
+
+@dataclass
+class DeviceStats:
+    time_ratio: float = field(default=1.0, metadata={"help": "EMA of measured / cost-model round time"})
+    memory_ratio: float = field(default=1.0, metadata={"help": "EMA of measured / cost-model memory"})
+    free_bytes: float | None = field(default=None, metadata={"help": "EMA of reported free memory"})
+    observations: int = field(default=0, metadata={"help": "measurements folded in"})
+
+
+class PlannerState:
+    def __init__(self, num_blocks: int, ema_alpha: float = 0.3):
+        if not 0 < ema_alpha <= 1:
+            raise FedquadError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
+        self.num_blocks = num_blocks
+        self.ema_alpha = ema_alpha
+        self.devices: dict[str, DeviceStats] = {}
+        self.rounds_without_trainer = [0] * num_blocks
+        self.rounds_recorded = 0
+
+    @classmethod
+    def for_config(cls, num_blocks: int, config) -> "PlannerState":
+        """A fresh state using config.ema_alpha (a PlannerConfig)."""
+        return cls(num_blocks, config.ema_alpha)
+
+    def corrections(self, device_id: str) -> tuple[float, float, float | None]:
+        """(time_ratio, memory_ratio, free_bytes) to apply when planning this device."""
+        s = self.devices.get(device_id)
+        return (1.0, 1.0, None) if s is None else (s.time_ratio, s.memory_ratio, s.free_bytes)
+
+    def _ema(self, old: float | None, sample: float) -> float:
+        return sample if old is None else (1 - self.ema_alpha) * old + self.ema_alpha * sample
+
+    def observe(self, decision: DeviceDecision, measured_time_s: float | None = None,
+                measured_bytes: float | None = None, free_bytes: float | None = None) -> None:
+        """Fold in what a device measured for the plan it was given.
+
+        The decision carries the ratios that were applied to its predictions, so the sample is
+        measured / raw cost-model prediction: the EMA tracks the model's error, not its own.
+        Ratios start at 1.0 (the model is believed until measurements say otherwise); free memory
+        starts at the first report."""
+        s = self.devices.setdefault(decision.device_id, DeviceStats())
+        for name, value in (("measured_time_s", measured_time_s), ("measured_bytes", measured_bytes),
+                            ("free_bytes", free_bytes)):
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise FedquadError(f"{name} must be a finite non-negative number, got {value!r}")
+        if measured_time_s is not None and decision.predicted_time_s:
+            raw = decision.predicted_time_s / decision.time_ratio
+            s.time_ratio = self._ema(s.time_ratio, measured_time_s / raw)
+        if measured_bytes is not None and decision.predicted_bytes:
+            raw = decision.predicted_bytes / decision.memory_ratio
+            s.memory_ratio = self._ema(s.memory_ratio, measured_bytes / raw)
+        if free_bytes is not None:
+            s.free_bytes = self._ema(s.free_bytes, free_bytes)
+        s.observations += 1
+
+    def record_round(self, round_plan: RoundPlan, failed: set[str] | frozenset = frozenset()) -> None:
+        """Advance the per-block counters: blocks trained by a device that did not fail reset to 0."""
+        if round_plan.num_blocks != self.num_blocks:
+            raise FedquadError(f"round plan has {round_plan.num_blocks} blocks, state {self.num_blocks}")
+        trained = round_plan.trained_blocks(exclude=set(failed))
+        self.rounds_without_trainer = [0 if b in trained else n + 1 for b, n in enumerate(self.rounds_without_trainer)]
+        self.rounds_recorded += 1
+
+    def to_dict(self) -> dict:
+        return {"num_blocks": self.num_blocks, "ema_alpha": self.ema_alpha, "rounds_recorded": self.rounds_recorded,
+                "rounds_without_trainer": list(self.rounds_without_trainer),
+                "devices": {k: {"time_ratio": s.time_ratio, "memory_ratio": s.memory_ratio,
+                                "free_bytes": s.free_bytes, "observations": s.observations}
+                            for k, s in sorted(self.devices.items())}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlannerState":
+        try:
+            state = cls(int(data["num_blocks"]), float(data["ema_alpha"]))
+            state.rounds_recorded = int(data.get("rounds_recorded", 0))
+            counters = [int(n) for n in data["rounds_without_trainer"]]
+            if len(counters) != state.num_blocks:
+                raise ValueError(f"rounds_without_trainer has {len(counters)} entries, expected {state.num_blocks}")
+            state.rounds_without_trainer = counters
+            for k, s in data["devices"].items():
+                state.devices[str(k)] = DeviceStats(float(s["time_ratio"]), float(s["memory_ratio"]),
+                                                    None if s.get("free_bytes") is None else float(s["free_bytes"]),
+                                                    int(s.get("observations", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FedquadError(f"malformed planner state: {exc!r}") from None
+        return state

@@ -1,0 +1,152 @@
+"""Cost model and profile loading: hand-computed numbers, brute-force agreement, validation."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from _profiles import synthetic_profile, write_profile
+from fedquad.costmodel import (cost_model, load_profile, memory_bytes, profile_from_dict, profile_to_dict,
+                               round_time_breakdown, round_time_s, step_time_s)
+from fedquad.errors import FedquadError
+from fedquad.plan import ClientPlan
+
+
+def tiny() -> dict:
+    """3 blocks with distinct numbers, so a wrong block shows up in the totals."""
+    data = synthetic_profile(num_blocks=3, saved_bytes_per_block=[100, 200, 300], kept_ratio_8=[0.3, 0.3, 0.3],
+                             kept_ratio_4=[0.2, 0.2, 1 / 6], adapter_bytes_per_block=[10, 20, 30],
+                             forward_s=[1.0, 2.0, 3.0], backward_s=[4.0, 5.0, 6.0], quant_s_8=[0.1, 0.2, 0.3],
+                             quant_s_4=[0.4, 0.5, 0.6], frozen_weight_bytes=1000, head_adapter_bytes=40,
+                             workspace_bytes=7, head_saved_bytes=11)
+    data["embedding_forward_s"] = 0.5
+    data["head"].update(forward_s=0.25, backward_s=0.125)
+    data["blocks"][2]["kept_bytes"]["4"] = 50
+    return data
+
+
+@pytest.fixture
+def profile():
+    return profile_from_dict(tiny())
+
+
+def test_hand_computed_memory(profile):
+    assert profile.adapter_bytes == 100
+    # trainable 1,2; block 1 int8 (60 kept), block 2 raw 300; optimizer 3 x (40 + 20 + 30)
+    assert memory_bytes(profile, ClientPlan(2, 1, 8)) == 1000 + 100 + 270 + 11 + 60 + 300 + 7
+    # top placement quantizes block 2 instead (int4: 50 kept)
+    assert memory_bytes(profile, ClientPlan(2, 1, 4, "top")) == 1000 + 100 + 270 + 11 + 200 + 50 + 7
+    assert memory_bytes(profile, ClientPlan(0)) == 1000 + 100 + 120 + 11 + 7
+    assert memory_bytes(profile, ClientPlan(3, 3, 4)) == 1000 + 100 + 300 + 11 + 20 + 40 + 50 + 7
+    assert cost_model(profile).full_footprint_bytes() == 1000 + 100 + 300 + 11 + 600 + 7
+
+
+def test_hand_computed_times(profile):
+    base = 0.5 + 6.0 + 0.25 + 0.125
+    assert step_time_s(profile, ClientPlan(2, 1, 8)) == pytest.approx(base + 11 + 0.2)
+    assert step_time_s(profile, ClientPlan(2, 1, 8), speed=2.0) == pytest.approx((base + 11.2) / 2)
+    assert step_time_s(profile, ClientPlan(2, 1, 4, "top")) == pytest.approx(base + 11 + 0.6)
+    assert step_time_s(profile, ClientPlan(0)) == pytest.approx(base)
+    b = round_time_breakdown(profile, ClientPlan(2, 1, 8), speed=2.0, up_Bps=10.0, down_Bps=20.0, local_steps=4)
+    assert b.compute_s == pytest.approx(4 * 9.0375)
+    assert b.download_s == pytest.approx(5.0)  # whole adapter, 100 bytes at 20 B/s
+    assert b.upload_s == pytest.approx(9.0)  # head 40 + blocks 20 + 30 at 10 B/s
+    assert b.total_s == pytest.approx(50.15)
+    assert round_time_s(profile, ClientPlan(2, 1, 8), 2.0, 10.0, 20.0, 4) == pytest.approx(50.15)
+    assert b.to_dict()["total_s"] == pytest.approx(50.15)
+
+
+def test_depth0_head_bytes(profile):
+    data = tiny()
+    data["head"]["saved_bytes_depth0"] = 5
+    p = profile_from_dict(data)
+    assert memory_bytes(p, ClientPlan(0)) == memory_bytes(profile, ClientPlan(0)) - 6
+    assert memory_bytes(p, ClientPlan(1)) == memory_bytes(profile, ClientPlan(1))
+
+
+def brute_force(p, plan):
+    """The DESIGN section 4 formulas, block by block, from ClientPlan's own ranges."""
+    L = p.num_blocks
+    trainable, quantized = plan.trainable_blocks(L), plan.quantized_blocks(L)
+    trained_adapter = p.head_adapter_bytes + sum(p.blocks[i].adapter_bytes for i in trainable)
+    mem = (p.frozen_weight_bytes + p.adapter_bytes + p.workspace_bytes + p.head.saved_bytes
+           + p.optimizer_bytes_per_trainable_byte * trained_adapter)
+    mem += sum(p.blocks[i].kept_bytes[plan.bits] if i in quantized else p.blocks[i].saved_bytes for i in trainable)
+    step = (p.embedding_forward_s + sum(b.forward_s for b in p.blocks) + p.head.forward_s + p.head.backward_s
+            + sum(p.blocks[i].backward_s for i in trainable) + sum(p.blocks[i].quant_s[plan.bits] for i in quantized))
+    return mem, step
+
+
+@pytest.mark.parametrize("placement", ["bottom", "top"])
+def test_prefix_sums_match_brute_force(placement):
+    p = profile_from_dict(synthetic_profile(num_blocks=7, saved_bytes_per_block=[5, 70, 300, 11, 9000, 1, 44],
+                                            forward_s=[0.1 * i for i in range(7)], backward_s=[0.3, 0, 1, 2, 3, 4, 5]))
+    for d in range(8):
+        for q in range(d + 1):
+            for bits in (8, 4):
+                plan = ClientPlan(d, q, bits, placement)
+                mem, step = brute_force(p, plan)
+                assert memory_bytes(p, plan) == pytest.approx(mem)
+                assert step_time_s(p, plan) == pytest.approx(step)
+
+
+def test_plan_deeper_than_model(profile):
+    with pytest.raises(FedquadError, match="deeper"):
+        memory_bytes(profile, ClientPlan(4))
+
+
+def test_roundtrip(tmp_path, profile):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile_to_dict(profile)))
+    assert load_profile(str(path)) == profile
+
+
+def _broken(mutate):
+    data = tiny()
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda d: d.pop("schema_version"), ["schema_version", "missing"]),
+    (lambda d: d.update(schema_version=2), ["schema_version", "2"]),
+    (lambda d: d.pop("frozen_weight_bytes"), ["frozen_weight_bytes", "missing"]),
+    (lambda d: d.update(adapter_bytes="big"), ["adapter_bytes", "integer"]),
+    (lambda d: d.update(workspace_bytes=-1), ["workspace_bytes", ">= 0"]),
+    (lambda d: d["blocks"][1].update(backward_s=-0.1), ["blocks[1].backward_s", "non-negative"]),
+    (lambda d: d["blocks"][2]["kept_bytes"].pop("4"), ["blocks[2].kept_bytes.4", "missing"]),
+    (lambda d: d["blocks"].pop(), ["blocks", "2 entries", "num_blocks is 3"]),
+    (lambda d: d["blocks"][0].update(index=5), ["blocks[0].index"]),
+    (lambda d: d.update(head=[]), ["head", "object"]),
+    (lambda d: d.update(num_blocks=True), ["num_blocks", "integer"]),
+    (lambda d: d.update(machine_gflops=0), ["machine_gflops", "positive"]),
+])
+def test_validation_names_field_and_file(tmp_path, mutate, words):
+    path = write_profile(tmp_path, "bad.json", data=_broken(mutate))
+    with pytest.raises(FedquadError) as exc:
+        load_profile(path)
+    message = str(exc.value)
+    assert "\n" not in message and path in message
+    for w in words:
+        assert w in message
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(FedquadError, match="does not exist"):
+        load_profile(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(FedquadError, match="not valid JSON"):
+        load_profile(str(bad))
+    bad.write_text("[1, 2]")
+    with pytest.raises(FedquadError, match="JSON object"):
+        load_profile(str(bad))
+
+
+def test_extra_fields_ignored():
+    data = copy.deepcopy(tiny())
+    data["task"] = "seq-cls"
+    data["measured_step_s"] = {"by_depth": [1, 2, 3, 4]}
+    assert profile_from_dict(data) == profile_from_dict(tiny())
