@@ -174,3 +174,81 @@ def aggregate_per_key(global_state: Mapping[str, torch.Tensor],
     report = AggregationReport(contributors=contributors, examples=examples, accepted=tuple(accepted),
                                rejected=tuple(rejected), untouched_keys=tuple(untouched))
     return new_state, report
+
+
+def _rank_weight(key: str, value: torch.Tensor, rank: int, weight: float) -> torch.Tensor | float:
+    """Per-component weight: LoRA A rows / B columns beyond the client's rank carry none."""
+    if "lora_A" in key and value.dim() == 2:
+        w = torch.zeros(value.shape[0], 1, dtype=torch.float64)
+        w[:rank] = weight
+        return w
+    if "lora_B" in key and value.dim() == 2:
+        w = torch.zeros(1, value.shape[1], dtype=torch.float64)
+        w[:, :rank] = weight
+        return w
+    return weight
+
+
+def update_norm(update: Mapping[str, torch.Tensor]) -> float:
+    """Frobenius norm of the client's weight change sum_pairs B @ A (HetLoRA's sparsity score)."""
+    total = 0.0
+    for key, a in update.items():
+        if "lora_A" not in key:
+            continue
+        b = update.get(key.replace("lora_A", "lora_B"))
+        if b is not None:
+            total += float((b.double() @ a.double()).pow(2).sum())
+    return math.sqrt(total)
+
+
+def aggregate_ranked(global_state: Mapping[str, torch.Tensor],
+                     updates: Sequence[tuple[Mapping[str, torch.Tensor], float, int]]
+                     ) -> tuple[dict[str, torch.Tensor], AggregationReport]:
+    """HetLoRA's merge: weight = examples x update norm, each rank component averaged over the clients
+    whose rank covers it; components nobody trained keep their previous value."""
+    expected = expected_spec(global_state)
+    accepted, rejected = [], []
+    per_key: dict[str, tuple[list[torch.Tensor], list]] = {}
+    for i, (update, examples, rank) in enumerate(updates):
+        reasons = validate_update(update, expected)
+        problem = _validate_weight(examples)
+        if problem:
+            reasons.append(problem)
+        if reasons:
+            rejected.append(RejectedUpdate(i, tuple(reasons)))
+            continue
+        accepted.append(i)
+        weight = float(examples) * max(update_norm(update), 1e-12)
+        for key, value in update.items():
+            tensors, weights = per_key.setdefault(key, ([], []))
+            tensors.append(value)
+            weights.append(_rank_weight(key, value, rank, weight))
+    new_state, contributors, examples_per_key, untouched = {}, {}, {}, []
+    for key, old in global_state.items():
+        if key not in per_key:
+            new_state[key], contributors[key], examples_per_key[key] = old, 0, 0.0
+            untouched.append(key)
+            continue
+        tensors, weights = per_key[key]
+        new_state[key] = weighted_mean(tensors, weights, fallback=old, dtype=old.dtype).to(old.device)
+        contributors[key] = len(tensors)
+        examples_per_key[key] = float(sum(float(updates[i][1]) for i in accepted if key in updates[i][0]))
+    return new_state, AggregationReport(contributors, examples_per_key, tuple(accepted), tuple(rejected),
+                                        tuple(untouched))
+
+
+def tail_energy_share(update: Mapping[str, torch.Tensor], rank: int, tail: int) -> float:
+    """Share of the update's LoRA energy in its last `tail` rank components (HetLoRA self-pruning).
+
+    Energy of component j over all pairs: ||B[:, j]||^2 * ||A[j, :]||^2. NaN when there is none."""
+    total = tail_part = 0.0
+    for key, a in update.items():
+        if "lora_A" not in key:
+            continue
+        b = update.get(key.replace("lora_A", "lora_B"))
+        if b is None:
+            continue
+        energy = b[:, :rank].double().pow(2).sum(0) * a[:rank].double().pow(2).sum(1)  # [rank]
+        total += float(energy.sum())
+        tail_part += float(energy[rank - tail:].sum())
+    return tail_part / total if total > 0 else float("nan")

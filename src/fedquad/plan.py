@@ -69,3 +69,44 @@ class ClientPlan:
         if self.quant_layers == 0:
             return f"d={self.depth}"
         return f"d={self.depth} q={self.quant_layers}@int{self.bits}"
+
+
+# What a baseline changes in the client beyond the plan (DESIGN section 7). FedQuad itself needs
+# only the plan. FedRA trains a random subset of blocks as a sub-model: the other blocks are
+# bypassed (their output is their input), so they cost neither activation memory nor backward
+# compute. HetLoRA trains only the first `rank` LoRA components of every adapter (rows of A,
+# columns of B); the rest are zeroed locally and their gradients masked.
+
+@dataclass(frozen=True)
+class TrainOptions:
+    lora_blocks: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "train LoRA only in these blocks and bypass every other block (FedRA); None = the plan decides"})
+    rank: int | None = field(default=None, metadata={
+        "help": "train only the first `rank` LoRA components (HetLoRA); None = the full rank"})
+
+    def __post_init__(self) -> None:
+        if self.rank is not None and self.rank < 1:
+            raise FedquadError(f"rank must be >= 1, got {self.rank}")
+        if self.lora_blocks is not None and len(set(self.lora_blocks)) != len(self.lora_blocks):
+            raise FedquadError(f"lora_blocks has duplicates: {self.lora_blocks}")
+
+    def skip_blocks(self, num_blocks: int) -> frozenset[int]:
+        if self.lora_blocks is None:
+            return frozenset()
+        if any(not 0 <= b < num_blocks for b in self.lora_blocks):
+            raise FedquadError(f"lora_blocks {self.lora_blocks} outside 0..{num_blocks - 1}")
+        return frozenset(range(num_blocks)) - set(self.lora_blocks)
+
+    def to_dict(self) -> dict:
+        return {"lora_blocks": None if self.lora_blocks is None else list(self.lora_blocks), "rank": self.rank}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "TrainOptions":
+        data = data or {}
+        blocks = data.get("lora_blocks")
+        return cls(None if blocks is None else tuple(int(b) for b in blocks), data.get("rank"))
+
+
+def plan_depth_for_blocks(lora_blocks: tuple[int, ...], num_blocks: int) -> int:
+    """The ClientPlan depth that makes gradients reach the lowest block of a FedRA subset."""
+    return num_blocks - min(lora_blocks) if lora_blocks else 0

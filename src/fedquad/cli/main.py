@@ -14,7 +14,7 @@ import sys
 from fedquad.errors import FedquadError
 
 # name -> module under fedquad.cli; a module missing here is simply not offered
-COMMAND_MODULES = ("demo_cmd", "memory_cmd", "profile_cmd", "plan_cmd")
+COMMAND_MODULES = ("demo_cmd", "simulate_cmd", "memory_cmd", "profile_cmd", "plan_cmd")
 
 
 class _Parser(argparse.ArgumentParser):

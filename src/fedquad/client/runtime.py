@@ -16,20 +16,21 @@ import torch
 
 from fedquad.client.saved_activations import BlockBytes, QuantSettings, SavedTensorPolicy, parameter_storages
 from fedquad.models.adapted import AdaptedModel
-from fedquad.plan import ClientPlan
+from fedquad.plan import ClientPlan, TrainOptions
 
 
 class PlanRuntime:
     """Installed on a model for the duration of a `with` block; `step()` brackets one forward."""
 
     def __init__(self, adapted: AdaptedModel, plan: ClientPlan, quant: QuantSettings = QuantSettings(),
-                 seed: int = 0):
+                 seed: int = 0, options: TrainOptions = TrainOptions()):
         self.adapted, self.plan, self.quant_settings = adapted, plan, quant
         L = adapted.num_blocks
         plan.validate_for(L)
-        self.trainable = set(plan.trainable_blocks(L))
-        self.quantized = set(plan.quantized_blocks(L))
-        self.trainable_keys = adapted.keys_for_plan(plan)
+        self.skipped = options.skip_blocks(L)  # bypassed blocks (FedRA sub-models): no compute kept
+        self.trainable = set(plan.trainable_blocks(L)) - self.skipped
+        self.quantized = set(plan.quantized_blocks(L)) - self.skipped
+        self.trainable_keys = [k for k in adapted.keys_for_plan(plan) if adapted.key_block[k] not in self.skipped]
         storages = parameter_storages(adapted.model)
         generator = None
         if quant.stochastic:  # its own generator: stochastic rounding must not shift dropout's RNG
@@ -47,8 +48,8 @@ class PlanRuntime:
         for key in self.adapted.adapter_keys:
             self.adapted.parameter(key).requires_grad_(key in keys)
         for i, block in enumerate(self.adapted.blocks):
-            self._handles.append(block.register_forward_pre_hook(self._make_pre(i)))
-            self._handles.append(block.register_forward_hook(self._post, always_call=True))
+            self._handles.append(block.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
+            self._handles.append(block.register_forward_hook(self._make_post(i), always_call=True))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,7 +60,9 @@ class PlanRuntime:
             self._stack.pop().__exit__(None, None, None)
 
     def _make_pre(self, index: int):
-        def pre(module, args):
+        def pre(module, args, kwargs):
+            if index in self.skipped:  # remember the input: the block's output is replaced by it
+                self._bypass_input = args[0] if args else kwargs["hidden_states"]
             if index in self.trainable:
                 ctx = self.policies[index].hooks()
             else:
@@ -68,8 +71,14 @@ class PlanRuntime:
             self._stack.append(ctx)
         return pre
 
-    def _post(self, module, args, output):
-        self._stack.pop().__exit__(None, None, None)
+    def _make_post(self, index: int):
+        def post(module, args, output):
+            self._stack.pop().__exit__(None, None, None)
+            if index in self.skipped:  # identity block: same output structure, hidden states passed through
+                hidden, self._bypass_input = self._bypass_input, None
+                return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+            return None
+        return post
 
     # -- per step ------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -3,6 +3,7 @@ only the trained tensors and measured metrics (time, exact saved-activation byte
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -13,7 +14,16 @@ from fedquad.client.runtime import PlanRuntime
 from fedquad.client.saved_activations import QuantSettings
 from fedquad.errors import FedquadError
 from fedquad.models.adapted import AdaptedModel
-from fedquad.plan import ClientPlan
+from fedquad.plan import ClientPlan, TrainOptions
+
+
+class ClientOutOfMemory(FedquadError):
+    """The plan's measured saved activations exceed what the device has: it fails as if out of memory."""
+
+    def __init__(self, saved_bytes: float, limit_bytes: float):
+        self.saved_bytes, self.limit_bytes = saved_bytes, limit_bytes
+        super().__init__(f"saved activations {saved_bytes / 2**20:.1f} MiB exceed the "
+                         f"{max(limit_bytes, 0) / 2**20:.1f} MiB the device has left for them")
 
 
 @dataclass(frozen=True)
@@ -72,14 +82,20 @@ def forward_backward(adapted: AdaptedModel, runtime: PlanRuntime, batch: dict[st
 
 
 def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], plan: ClientPlan,
-                batches: Iterable[dict[str, torch.Tensor]], config: LocalTrainConfig = LocalTrainConfig()) -> LocalResult:
-    """Train `config.local_steps` batches with `plan`; returns trained tensors and metrics."""
+                batches: Iterable[dict[str, torch.Tensor]], config: LocalTrainConfig = LocalTrainConfig(),
+                options: TrainOptions = TrainOptions(), saved_limit_bytes: float | None = None) -> LocalResult:
+    """Train `config.local_steps` batches with `plan`; returns trained tensors and metrics.
+
+    `options` carries what a baseline changes beyond the plan (FedRA block subsets, HetLoRA ranks).
+    With `saved_limit_bytes`, the first step whose exactly measured saved activations exceed it
+    raises ClientOutOfMemory: the simulator's stand-in for a device running out of memory."""
     adapted.load_adapter_state(global_state)
     adapted.model.train()
     torch.manual_seed(config.seed)
     metrics = LocalMetrics(block_raw_bytes=[0] * adapted.num_blocks, block_kept_bytes=[0] * adapted.num_blocks)
     losses = []
-    with PlanRuntime(adapted, plan, config.quant, seed=config.seed) as runtime:
+    with PlanRuntime(adapted, plan, config.quant, seed=config.seed, options=options) as runtime, \
+            _rank_limited(adapted, runtime.trainable_keys, options.rank):
         params = runtime.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay) if params else None
         for batch in batches:
@@ -87,6 +103,10 @@ def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], pl
                 break
             start = time.perf_counter()
             loss = forward_backward(adapted, runtime, batch)
+            if saved_limit_bytes is not None:
+                saved = sum(b.kept_bytes for b in runtime.block_bytes()) + runtime.outside_bytes().kept_bytes
+                if saved > saved_limit_bytes:
+                    raise ClientOutOfMemory(saved, saved_limit_bytes)
             if optimizer is not None:
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -105,3 +125,30 @@ def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], pl
         raise FedquadError("local training received no batches")
     metrics.loss = sum(losses) / len(losses)
     return LocalResult(update=update, metrics=metrics)
+
+
+@contextlib.contextmanager
+def _rank_limited(adapted: AdaptedModel, keys: list[str], rank: int | None):
+    """HetLoRA: zero LoRA components >= rank (rows of A, columns of B) and keep their gradients zero."""
+    if rank is None or rank >= adapted.lora_rank:
+        yield
+        return
+    handles = []
+    with torch.no_grad():
+        for key in keys:
+            p = adapted.parameter(key)
+            if "lora_A" in key:
+                mask = torch.zeros_like(p)
+                mask[:rank] = 1
+            elif "lora_B" in key:
+                mask = torch.zeros_like(p)
+                mask[:, :rank] = 1
+            else:
+                continue
+            p.mul_(mask)
+            handles.append(p.register_hook(lambda g, m=mask: g * m))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,137 @@
+"""The protocol every strategy follows (DESIGN section 7), in the spirit of Flower's strategies.
+
+A strategy decides, each round, what every selected device trains (`configure`), and how the
+returned updates are merged (`aggregate`); it may learn from what the clients measured
+(`observe`) and price its own assignments (`costs`). Defaults: per-key weighted mean (DESIGN
+section 6) and the cost model's memory and time for the plan. Each baseline overrides one or two
+hooks. A strategy keeps its memory between rounds in a JSON-able dict (`init_state`), so the
+simulator and the Flower server can checkpoint it; strategies hold no other mutable state.
+
+No torch in the planning hooks: `configure` and `costs` see plain data (devices, the profile).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from fedquad.costmodel import CostModel, Profile, RoundTimeBreakdown, cost_model
+from fedquad.devices import Device
+from fedquad.plan import ClientPlan, TrainOptions
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one device is told to do this round (plan None: it sits the round out)."""
+
+    device_id: str = field(metadata={"help": "the device"})
+    plan: ClientPlan | None = field(metadata={"help": "depth / quantized blocks / bits; None = not taking part"})
+    predicted_bytes: float | None = field(default=None, metadata={"help": "memory the strategy expects"})
+    predicted_time_s: float | None = field(default=None, metadata={"help": "round time the strategy expects"})
+    reason: str = field(default="", metadata={"help": "why, in words"})
+    options: TrainOptions = field(default=TrainOptions(), metadata={"help": "baseline-specific client options"})
+
+    def to_dict(self) -> dict:
+        return {"device_id": self.device_id, "plan": None if self.plan is None else self.plan.to_dict(),
+                "predicted_bytes": self.predicted_bytes, "predicted_time_s": self.predicted_time_s,
+                "reason": self.reason, "options": self.options.to_dict()}
+
+
+@dataclass(frozen=True)
+class ClientOutcome:
+    """What came back from one device (or why nothing did)."""
+
+    assignment: Assignment
+    status: str = field(metadata={"help": "ok | oom | rejected | failed | idle"})
+    reason: str = field(default="", metadata={"help": "why it is not ok"})
+    update: Mapping[str, Any] | None = field(default=None, metadata={"help": "trained tensors (ok only)"})
+    examples: int = field(default=0, metadata={"help": "local examples trained on"})
+    loss: float | None = field(default=None, metadata={"help": "mean local training loss"})
+    measured_bytes: float | None = field(default=None, metadata={"help": "memory measured for the plan"})
+    time_s: float | None = field(default=None, metadata={"help": "device round time (virtual or measured)"})
+    budget_bytes: float | None = field(default=None, metadata={"help": "memory the device actually had"})
+
+    @property
+    def device_id(self) -> str:
+        return self.assignment.device_id
+
+    @property
+    def update_bytes(self) -> int:
+        """Bytes uploaded: the trained tensors as sent."""
+        return sum(v.numel() * v.element_size() for v in (self.update or {}).values())
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """Plain facts a strategy may use; no model, no tensors."""
+
+    round_index: int
+    profile: Profile
+    seed: int
+    lora_rank: int
+    data_weights: Mapping[str, float] = field(default_factory=dict)  # device id -> local examples
+
+    @property
+    def num_blocks(self) -> int:
+        return self.profile.num_blocks
+
+    @property
+    def cost_model(self) -> CostModel:
+        return cost_model(self.profile)
+
+    def rng(self, *parts) -> random.Random:
+        """A random stream fixed by (seed, round, parts): reproducible, and identical after a resume."""
+        return random.Random(":".join(map(str, ("fedquad-strategy", self.seed, self.round_index, *parts))))
+
+
+class Strategy:
+    """Base class; subclasses set `name`, `paper` and override `configure` (and maybe more)."""
+
+    name = "base"
+    paper = ""
+
+    def init_state(self, num_blocks: int) -> dict:
+        return {}
+
+    def configure(self, ctx: RoundContext, devices: Sequence[Device], state: dict) -> list[Assignment]:
+        raise NotImplementedError
+
+    def costs(self, ctx: RoundContext, assignment: Assignment, device: Device) -> tuple[float, RoundTimeBreakdown]:
+        """(memory_bytes, round time) of `assignment` on `device` as it is this round."""
+        cm = ctx.cost_model
+        plan = assignment.plan
+        return cm.memory_bytes(plan), cm.round_time(plan, device.speed, device.up_Bps, device.down_Bps,
+                                                    device.local_steps)
+
+    def aggregate(self, ctx: RoundContext, global_state: Mapping[str, Any], outcomes: Sequence[ClientOutcome],
+                  state: dict):
+        """Per-key weighted mean over the clients that returned each key (DESIGN section 6)."""
+        from fedquad.aggregation import aggregate_per_key  # torch lives there, not in planning
+        ok = [o for o in outcomes if o.status == "ok"]
+        return aggregate_per_key(global_state, [(o.update, o.examples) for o in ok])
+
+    def observe(self, ctx: RoundContext, outcomes: Sequence[ClientOutcome], state: dict) -> dict:
+        return state
+
+
+def fixed_plan_assignments(ctx: RoundContext, strategy: Strategy, devices: Sequence[Device], plan_for,
+                           reason: str) -> list[Assignment]:
+    """Assign `plan_for(device)` to everyone, with the cost model's predictions; None -> sits out."""
+    out = []
+    for dev in devices:
+        plan = plan_for(dev)
+        if plan is None:
+            out.append(Assignment(dev.device_id, None, reason="no plan fits its memory budget"))
+            continue
+        a = Assignment(dev.device_id, plan, reason=reason)
+        memory, time = strategy.costs(ctx, a, dev)
+        out.append(Assignment(dev.device_id, plan, memory, time.total_s, reason))
+    return out
+
+
+def deepest_fitting_depth(ctx: RoundContext, budget_bytes: float) -> int | None:
+    """Largest d with the unquantized plan of depth d within the budget (None: not even d = 0)."""
+    cm = ctx.cost_model
+    fits = [d for d in range(ctx.num_blocks + 1) if cm.memory_bytes(ClientPlan(d)) <= budget_bytes]
+    return max(fits) if fits else None

@@ -1,0 +1,21 @@
+"""`depth-only`: FedQuad's planner with q = 0, i.e. adaptive LoRA depth alone, in the spirit of
+LEGEND (Liu et al., "Adaptive LoRA depth ... for federated fine-tuning", 2024). The ablation that
+shows what quantized saved activations add on top of depth adaptation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fedquad.planner import PlannerConfig
+from fedquad.strategies.fedquad import FedQuad
+
+
+class DepthOnly(FedQuad):
+    """FedQuad's planner restricted to unquantized plans."""
+
+    name = "depth-only"
+    paper = "LEGEND-style adaptive depth (Liu et al., 2024), as FedQuad's planner without quantization"
+
+    def __init__(self, planner: PlannerConfig = PlannerConfig()):
+        super().__init__(dataclasses.replace(planner, allow_quant=False))

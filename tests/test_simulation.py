@@ -1,0 +1,112 @@
+"""The federated loop on a tiny model: every strategy, per-key aggregation, exact resume, OOM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fedquad.cli.main import main
+from fedquad.sim.config import SimConfig, load_config
+from fedquad.sim.runner import simulate
+from fedquad.sim.checkpoint import load_checkpoint
+from fedquad.strategies import STRATEGIES
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> SimConfig:
+    """A tiny BERT on the generated task over the 12-device headroom scenario; profile measured once."""
+    base = SimConfig(model="tiny-bert", task="synthetic", train_examples=480, eval_examples=64, max_len=24,
+                     batch_size=8, rounds=2, clients_per_round=6, local_steps=2, eval_every=1,
+                     scenario="jetson-headroom", seed=3)
+    run = tmp_path_factory.mktemp("profile")
+    simulate(base.replace(rounds=1, strategy="fedlora-uniform"), str(run), show_progress=False, plots=False)
+    return base.replace(profile=str(run / "profile.json"))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_runs_two_rounds(tiny_config, tmp_path, name):
+    result = simulate(tiny_config.replace(strategy=name), str(tmp_path), show_progress=False, plots=False)
+    rounds = [h for h in result.history if h["round"] >= 0]
+    assert len(rounds) == 2 and result.state.round_index == 2
+    assert all(h.get("accuracy") is not None for h in rounds)
+    assert any(d["status"] == "ok" for h in rounds for d in h["devices"]), "nobody trained"
+    for h in rounds:
+        assert h["round_time_s"] == max([d["time_s"] for d in h["devices"] if d["status"] == "ok"], default=0.0)
+    assert (tmp_path / "history.json").is_file() and (tmp_path / "checkpoint" / "adapter.safetensors").is_file()
+
+
+def test_aggregation_touches_only_trained_keys(tiny_config, tmp_path):
+    from fedquad.sim.round import FederatedAlgorithm
+    from fedquad.sim.runner import make_strategy
+    from fedquad.sim.workload import build_workload
+
+    config = tiny_config.replace(strategy="fedquad")
+    workload = build_workload(config)
+    algo = FederatedAlgorithm(workload, make_strategy(config))
+    state = algo.init()
+    new_state, report = algo.apply(state, algo.sample_clients(0))
+    adapted = workload.adapted
+    trained_blocks = set()
+    for d in report["devices"]:
+        if d["status"] == "ok":
+            L = adapted.num_blocks
+            trained_blocks |= set(range(L - d["plan"]["depth"], L))
+    assert report["participants"] > 0
+    for key, old in state.global_state.items():
+        block = adapted.key_block[key]
+        if block is not None and block not in trained_blocks:
+            assert new_state.global_state[key] is old or torch.equal(new_state.global_state[key], old), key
+    changed = [k for k in state.global_state if not torch.equal(state.global_state[k], new_state.global_state[k])]
+    assert changed and all(adapted.key_block[k] is None or adapted.key_block[k] in trained_blocks for k in changed)
+
+
+def test_resume_is_bitwise_identical(tiny_config, tmp_path):
+    config = tiny_config.replace(strategy="fedquad", rounds=3)
+    straight = simulate(config, str(tmp_path / "a"), show_progress=False, plots=False)
+    simulate(config, str(tmp_path / "b"), show_progress=False, plots=False, stop_after_rounds=1)
+    resumed = simulate(None, str(tmp_path / "b"), resume=True, show_progress=False, plots=False)
+    assert resumed.state.round_index == straight.state.round_index == 3
+    assert resumed.state.clock_s == straight.state.clock_s
+    for key, value in straight.state.global_state.items():
+        assert torch.equal(value, resumed.state.global_state[key]), key
+    drop_host = lambda hs: [{k: v for k, v in h.items() if k != "host"} for h in hs]  # noqa: E731
+    assert json.loads(json.dumps(drop_host(straight.history))) == json.loads(json.dumps(drop_host(resumed.history)))
+
+
+def test_client_over_budget_fails_and_round_completes(tiny_config, tmp_path):
+    """fedlora sends full depth to boards that cannot hold it: they fail as out of memory."""
+    result = simulate(tiny_config.replace(strategy="fedlora"), str(tmp_path), show_progress=False, plots=False)
+    devices = [d for h in result.history if h["round"] >= 0 for d in h["devices"]]
+    oom = [d for d in devices if d["status"] == "oom"]
+    assert oom, "expected weak boards to run out of memory under full depth"
+    assert all(d["measured_bytes"] > d["budget_bytes"] and "out of memory" in d["failure"] for d in oom)
+    assert result.state.round_index == 2 and any(d["status"] == "ok" for d in devices)
+
+
+def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in tiny_config.to_dict().items() if v is not None]
+    code = main(["compare", *sets, "--strategies", "fedquad,fedlora", "--target-accuracy", "0.5",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["target_accuracy"] == 0.5
+    for name in ("fedquad", "fedlora"):
+        s = report["strategies"][name]
+        assert {"time_to_target_s", "final_accuracy", "rounds", "mean_round_time_s",
+                "dropped_device_rounds"} <= set(s)
+    for f in ("comparison.md", "accuracy_vs_time.png", "memory.png"):
+        assert (out / f).stat().st_size > 0
+
+
+def test_bad_config_is_one_line_error(tmp_path, capsys):
+    assert main(["simulate", "--set", "rounds=0", "--out", str(tmp_path)]) == 2
+    assert "rounds" in capsys.readouterr().err
+    assert main(["simulate", "--set", "bogus=1", "--out", str(tmp_path)]) == 2
+    assert main(["compare", "--strategies", "fedquad,nope", "--out", str(tmp_path)]) == 2
+    with pytest.raises(Exception):
+        load_config(str(tmp_path / "missing.json"))
