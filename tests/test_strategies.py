@@ -1,0 +1,103 @@
+"""Strategies on plain data (no model): what each assigns, and the HetLoRA merge."""
+
+from __future__ import annotations
+
+import torch
+
+from fedquad.costmodel import cost_model, profile_from_dict
+from fedquad.devices import Device
+from fedquad.plan import ClientPlan
+from fedquad.strategies import STRATEGIES, ClientOutcome, RoundContext, get_strategy
+from tests._profiles import synthetic_profile
+
+PROFILE = profile_from_dict(synthetic_profile(6))
+CM = cost_model(PROFILE)
+FULL = CM.full_footprint_bytes()
+HEAD = CM.head_only_bytes()
+
+
+def ctx(round_index: int = 0) -> RoundContext:
+    return RoundContext(round_index, PROFILE, seed=1, lora_rank=8)
+
+
+def devices() -> list[Device]:
+    budgets = [HEAD * 0.5, HEAD + 0.1 * (FULL - HEAD), HEAD + 0.5 * (FULL - HEAD), FULL * 1.2]
+    return [Device(f"d{i}", "t", int(b), 1.0 + i, 1e6, 1e6, 5, 100.0) for i, b in enumerate(budgets)]
+
+
+def assignments(name: str):
+    s = get_strategy(name)
+    return {a.device_id: a for a in s.configure(ctx(), devices(), s.init_state(6))}
+
+
+def test_every_strategy_assigns_each_device_once():
+    for name in STRATEGIES:
+        out = assignments(name)
+        assert set(out) == {"d0", "d1", "d2", "d3"}, name
+        assert out["d3"].plan is not None, f"{name}: the strongest device must take part"
+
+
+def test_fedlora_sends_full_depth_to_everyone():
+    out = assignments("fedlora")
+    assert all(a.plan == ClientPlan(6) for a in out.values())
+    assert out["d0"].predicted_bytes > devices()[0].budget_bytes  # it will run out of memory
+
+
+def test_uniform_depth_is_the_weakest_participants_deepest():
+    out = assignments("fedlora-uniform")
+    assert out["d0"].plan is None  # cannot fit even the head
+    depths = {a.plan.depth for a in out.values() if a.plan is not None}
+    assert len(depths) == 1
+    d = depths.pop()
+    assert CM.memory_bytes(ClientPlan(d)) <= devices()[1].budget_bytes < CM.memory_bytes(ClientPlan(d + 1))
+
+
+def test_fedquad_and_quant_only_plans_fit_budgets():
+    for name in ("fedquad", "depth-only", "quant-only"):
+        for dev, a in zip(devices(), assignments(name).values()):
+            if a.plan is not None:
+                assert CM.memory_bytes(a.plan) <= dev.budget_bytes, name
+    assert all(a.plan is None or a.plan.quant_layers == 0 for a in assignments("depth-only").values())
+    assert all(a.plan is None or a.plan.depth == 6 for a in assignments("quant-only").values())
+
+
+def test_fedra_subsets_fit_and_vary_by_round():
+    s = get_strategy("fedra")
+    first = {a.device_id: a for a in s.configure(ctx(0), devices(), {})}
+    second = {a.device_id: a for a in s.configure(ctx(1), devices(), {})}
+    d2 = first["d2"]
+    assert d2.options.lora_blocks and d2.predicted_bytes <= devices()[2].budget_bytes
+    assert d2.plan.depth == 6 - min(d2.options.lora_blocks)
+    assert any(first[k].options.lora_blocks != second[k].options.lora_blocks for k in first
+               if first[k].options.lora_blocks)
+
+
+def test_hetlora_rank_grows_with_capacity():
+    out = assignments("hetlora")
+    ranks = [out[f"d{i}"].options.rank for i in range(4)]
+    assert ranks == sorted(ranks) and ranks[-1] == 8 and ranks[0] >= 2
+
+
+def test_hetlora_merge_averages_each_component_over_its_trainers():
+    from fedquad.aggregation import aggregate_ranked
+    g = {"m.lora_A.weight": torch.zeros(4, 3), "m.lora_B.weight": torch.zeros(5, 4)}
+    full = {"m.lora_A.weight": torch.ones(4, 3), "m.lora_B.weight": torch.ones(5, 4)}
+    low = {"m.lora_A.weight": torch.cat([3 * torch.ones(2, 3), torch.zeros(2, 3)]),
+           "m.lora_B.weight": torch.cat([3 * torch.ones(5, 2), torch.zeros(5, 2)], 1)}
+    new, report = aggregate_ranked(g, [(full, 10, 4), (low, 10, 2)])
+    a = new["m.lora_A.weight"]
+    assert torch.allclose(a[2:], torch.ones(2, 3))  # only the rank-4 client trained rows 2-3
+    assert bool((a[:2] > 1).all() and (a[:2] < 3).all())  # both trained rows 0-1
+    _, bad = aggregate_ranked(g, [({"m.lora_A.weight": torch.full((4, 3), float("nan"))}, 1, 4)])
+    assert bad.rejected and "non-finite" in bad.rejected[0].reasons[0]
+
+
+def test_fedquad_observe_learns_from_measurements():
+    s = get_strategy("fedquad")
+    state = s.init_state(6)
+    out = s.configure(ctx(), devices(), state)
+    a = next(x for x in out if x.device_id == "d2")
+    slow = ClientOutcome(a, "ok", update={}, examples=10, measured_bytes=a.predicted_bytes,
+                         time_s=3 * a.predicted_time_s, budget_bytes=devices()[2].budget_bytes)
+    state = s.observe(ctx(), [slow], state)
+    assert state["planner"]["devices"]["d2"]["time_ratio"] > 1.0
