@@ -26,7 +26,8 @@ def run(args) -> int:
     from fedquad.plan import ClientPlan
 
     # Check the plan's own consistency before the (slow) model load.
-    ClientPlan(args.depth or 0, args.quant_layers, args.bits, args.placement)
+    # Without --depth the depth is L, unknown until the model is loaded: check q <= d only then.
+    ClientPlan(args.quant_layers if args.depth is None else args.depth, args.quant_layers, args.bits, args.placement)
     adapted = load_from_args(args)
     depth = adapted.num_blocks if args.depth is None else args.depth
     plan = ClientPlan(depth, args.quant_layers, args.bits, args.placement).validate_for(adapted.num_blocks)

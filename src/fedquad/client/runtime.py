@@ -65,6 +65,8 @@ class PlanRuntime:
                 self._bypass_input = args[0] if args else kwargs["hidden_states"]
             if index in self.trainable:
                 ctx = self.policies[index].hooks()
+                if self.adapted.device.type == "cuda":
+                    ctx = _with_math_attention(ctx)
             else:
                 ctx = torch.no_grad()
             ctx.__enter__()
@@ -98,3 +100,20 @@ class PlanRuntime:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.adapted.parameter(k) for k in self.trainable_keys]
+
+
+@contextlib.contextmanager
+def _with_math_attention(hooks):
+    """A trainable block on CUDA runs attention on SDPA's math backend.
+
+    The fused CUDA kernels (flash, memory-efficient) save q, k, v and the softmax log-sum-exp and
+    recompute the probabilities in backward; a quantization error in the log-sum-exp or in q/k
+    becomes a multiplicative error on every probability of the row. Measured on an H200, MiniLM
+    with all blocks int4 had a worst LoRA-gradient cosine of 0.05 that way. The math backend saves
+    the probabilities themselves, which the square-root grid keeps accurately (as on CPU). Every
+    trainable block uses it, quantized or not, so that a plan and its unquantized reference draw
+    identical dropout masks and the saved tensors are the same kind on CPU and CUDA; frozen
+    blocks (no_grad, nothing saved) keep the fused kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH), hooks:
+        yield
