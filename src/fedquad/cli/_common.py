@@ -14,7 +14,8 @@ def add_model_args(p) -> None:
     g.add_argument("--task", default=None, choices=["seq-cls", "causal-lm"],
                    help="task head (default: seq-cls for encoders, causal-lm for decoders)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "fp32", "bf16"],
+                   help="compute dtype (bf16 = bfloat16, fp32 = float32)")
     g.add_argument("--lora-rank", type=positive_int, default=8, help="LoRA rank")
     g.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha")
     g.add_argument("--batch-size", type=positive_int, default=16, help="examples per step")

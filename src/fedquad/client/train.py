@@ -4,6 +4,7 @@ only the trained tensors and measured metrics (time, exact saved-activation byte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -94,7 +95,8 @@ def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], pl
     torch.manual_seed(config.seed)
     metrics = LocalMetrics(block_raw_bytes=[0] * adapted.num_blocks, block_kept_bytes=[0] * adapted.num_blocks)
     losses = []
-    with PlanRuntime(adapted, plan, config.quant, seed=config.seed, options=options) as runtime, \
+    quant = dataclasses.replace(config.quant, bits=plan.bits)  # the plan decides the bit width
+    with PlanRuntime(adapted, plan, quant, seed=config.seed, options=options) as runtime, \
             _rank_limited(adapted, runtime.trainable_keys, options.rank):
         params = runtime.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay) if params else None

@@ -5,7 +5,10 @@
 * `sst2`, `mrpc`, `rte`, `ag_news`: the benchmark folders under a data root (`shared/data`);
   see each folder's PROVENANCE.md for the file formats handled here;
 * `synthetic`: the generated task of `fedquad.datasets.synthetic` (no files needed);
+* `synthetic-lm`: the generated causal-LM task of `fedquad.datasets.causal` (no files needed);
 * a directory holding `<split>.tsv|.csv|.jsonl`, or a single data file (split ignored).
+  A JSON Lines file whose first object has `prompt`/`response`, or `text` without a label, is
+  causal-LM data (`CausalLMData`); everything else is classification (`TextClassificationData`).
 
 Each task names its evaluation split (`TASKS[name].eval_split`): AG News has no dev split, its
 official test split is used instead.
@@ -19,6 +22,8 @@ from dataclasses import dataclass, field
 
 from fedquad.datasets.batching import (BatchConfig, TokenizedData, clear_token_cache, count_batches,
                                        iterate_batches, tokenize)
+from fedquad.datasets.causal import (CausalLMData, CausalTokenizedData, SyntheticLMConfig, constant_answer_accuracy,
+                                     generate_lm_split, load_causal_jsonl, looks_causal_jsonl)
 from fedquad.datasets.loaders import (Columns, TextClassificationData, load_csv, load_file, load_jsonl,
                                       load_table, load_tsv)
 from fedquad.datasets.partition import PartitionConfig, label_histograms, partition
@@ -71,9 +76,16 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> str:
 
 def load_task(name_or_path: str | os.PathLike, split: str = "train", *,
               data_root: str | os.PathLike | None = None,
-              synthetic: SyntheticConfig | None = None) -> TextClassificationData:
+              synthetic: SyntheticConfig | SyntheticLMConfig | None = None) -> TextClassificationData | CausalLMData:
+    """`synthetic` configures the generated task: a SyntheticConfig for `synthetic`, a
+    SyntheticLMConfig for `synthetic-lm`."""
     name = ALIASES.get(str(name_or_path).lower(), str(name_or_path).lower())
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic-lm"):
+        want = SyntheticConfig if name == "synthetic" else SyntheticLMConfig
+        if synthetic is not None and not isinstance(synthetic, want):
+            raise FedquadError(f"task {name} is configured by a {want.__name__}, got a {type(synthetic).__name__}")
+        if name == "synthetic-lm":
+            return generate_lm_split(synthetic or SyntheticLMConfig(), split)
         return generate_split(synthetic or SyntheticConfig(), split)[0]
     if name in TASKS:
         spec = TASKS[name]
@@ -89,12 +101,19 @@ def load_task(name_or_path: str | os.PathLike, split: str = "train", *,
     if os.path.isdir(path):
         for ext in (".tsv", ".csv", ".jsonl"):
             if os.path.isfile(os.path.join(path, split + ext)):
-                return load_file(os.path.join(path, split + ext))
+                return _load_any(os.path.join(path, split + ext))
         raise FedquadError(f"{path}: no {split}.tsv, {split}.csv or {split}.jsonl in this folder")
     if os.path.exists(path):
-        return load_file(path)
-    raise FedquadError(f"unknown task {str(name_or_path)!r}: not one of {', '.join(['synthetic', *TASKS])}, "
+        return _load_any(path)
+    raise FedquadError(f"unknown task {str(name_or_path)!r}: not one of "
+                       f"{', '.join(['synthetic', 'synthetic-lm', *TASKS])}, "
                        "and no such file or folder")
+
+
+def _load_any(path: str) -> TextClassificationData | CausalLMData:
+    if os.path.splitext(path)[1].lower() in (".jsonl", ".json", ".ndjson") and looks_causal_jsonl(path):
+        return load_causal_jsonl(path)
+    return load_file(path)
 
 
 def _load_mrpc_train(path: str, cols: Columns) -> TextClassificationData:
@@ -115,8 +134,10 @@ def _load_mrpc_train(path: str, cols: Columns) -> TextClassificationData:
 
 
 __all__ = [
-    "AG_NEWS_CLASSES", "BatchConfig", "Columns", "PartitionConfig", "SyntheticConfig", "TASKS", "TaskSpec",
-    "TextClassificationData", "TokenizedData", "bayes_accuracy", "clear_token_cache", "count_batches",
-    "generate_split", "iterate_batches", "label_histograms", "load_csv", "load_file", "load_jsonl", "load_table",
-    "load_task", "load_tsv", "make_synthetic_task", "partition", "resolve_data_root", "tokenize",
+    "AG_NEWS_CLASSES", "BatchConfig", "CausalLMData", "CausalTokenizedData", "Columns", "PartitionConfig",
+    "SyntheticConfig", "SyntheticLMConfig", "TASKS", "TaskSpec", "TextClassificationData", "TokenizedData",
+    "bayes_accuracy", "clear_token_cache", "constant_answer_accuracy", "count_batches", "generate_lm_split",
+    "generate_split", "iterate_batches", "label_histograms", "load_causal_jsonl", "load_csv", "load_file",
+    "load_jsonl", "load_table", "load_task", "load_tsv", "looks_causal_jsonl", "make_synthetic_task",
+    "partition", "resolve_data_root", "tokenize",
 ]

@@ -69,7 +69,10 @@ def token_cache_key(tokenizer, max_len: int, data: TextClassificationData) -> tu
 
 def tokenize(data: TextClassificationData, tokenizer, max_len: int, *,
              cache_dir: str | os.PathLike | None = None) -> TokenizedData:
-    """Token ids for `data`, truncated to `max_len` (pairs: longest-first); cached as described above."""
+    """Token ids for `data`, truncated to `max_len` (pairs: longest-first); cached as described above.
+
+    Causal-LM data (`fedquad.datasets.causal.CausalLMData`) gets its own layout, truncation rule and
+    loss mask (see that module); it is cached in memory only."""
     if max_len < 4:
         raise FedquadError(f"max_len must be at least 4 tokens, got {max_len}")
     key = token_cache_key(tokenizer, max_len, data)
@@ -78,7 +81,7 @@ def tokenize(data: TextClassificationData, tokenizer, max_len: int, *,
         return _MEMORY_CACHE[key]
     path = None
     result = None
-    if cache_dir is not None:
+    if cache_dir is not None and not getattr(data, "is_causal", False):  # causal-LM tokens: memory cache only
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
         path = os.path.join(os.fspath(cache_dir), f"tokens-{digest}.safetensors")
         result = _load_cached(path, key)
@@ -97,6 +100,9 @@ def clear_token_cache() -> None:
 
 
 def _tokenize(data: TextClassificationData, tokenizer, max_len: int, key: tuple) -> TokenizedData:
+    if getattr(data, "is_causal", False):  # CausalLMData: prompt/response layout and loss mask
+        from fedquad.datasets.causal import tokenize_causal
+        return tokenize_causal(data, tokenizer, max_len, key)
     with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
     pad = tokenizer.pad_token_id
     if pad is None:  # causal-LM tokenizers often have no pad token; eos is the usual stand-in
@@ -208,6 +214,8 @@ def iterate_batches(tokens: TokenizedData, config: BatchConfig = BatchConfig(), 
 
 def collate(tokens: TokenizedData, batch: np.ndarray, width: int) -> dict[str, torch.Tensor]:
     """Right-padded int64 tensors of `width` columns for the examples in `batch`."""
+    if hasattr(tokens, "collate_rows"):  # causal-LM tokens build per-token labels themselves
+        return tokens.collate_rows(batch, width)
     n = len(batch)
     input_ids = np.full((n, width), tokens.pad_token_id, dtype=np.int64)
     mask = np.zeros((n, width), dtype=np.int64)

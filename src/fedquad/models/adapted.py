@@ -19,7 +19,8 @@ from fedquad.models.presets import (DECODER_FAMILIES, FAMILY_HEAD_MODULES, FAMIL
 from fedquad.plan import ClientPlan
 
 TASKS = ("seq-cls", "causal-lm")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # short aliases
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,12 @@ def load_model(name_or_path: str = "minilm", *, task: str = "seq-cls", num_label
     if getattr(config, "pad_token_id", None) is None and family in DECODER_FAMILIES:
         config.pad_token_id = 0
     try:
-        model = auto.from_pretrained(path, config=config) if path else auto.from_config(config)
+        if path:
+            model = auto.from_pretrained(path, config=config)
+        elif DTYPES[dtype] != torch.float32:  # random init straight in the target dtype: half the peak RAM at 1B
+            model = auto.from_config(config, dtype=DTYPES[dtype])
+        else:
+            model = auto.from_config(config)
     except (OSError, ValueError) as exc:
         raise FedquadError(f"cannot load model weights for {name!r}: {str(exc).splitlines()[0]}") from None
     model.to(dtype=DTYPES[dtype])

@@ -94,16 +94,13 @@ def simulate(config: SimConfig, run_dir: str | None = None, *, resume: bool = Fa
                 metrics = algo.evaluate(state)
                 report["accuracy"], report["eval"] = metrics["accuracy"], metrics
             eval_s = time.perf_counter() - eval_start if evaluate_now else 0.0
-            total_s = time.perf_counter() - round_start
+            report["host"] = {"train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - round_start}
+            history.append(report)
             if run_dir is not None:
                 ck_start = time.perf_counter()
-                history.append(report)
                 save_checkpoint(run_dir, state, config.to_dict(), history)
                 _write_json(os.path.join(run_dir, "history.json"), history)
-                total_s += time.perf_counter() - ck_start
-            else:
-                history.append(report)
-            report["host"] = {"train_s": train_s, "eval_s": eval_s, "total_s": total_s}
+                report["host"]["total_s"] += time.perf_counter() - ck_start  # in the final history.json
             bar.round_done(report)
             rounds_run += 1
     if run_dir is not None:
