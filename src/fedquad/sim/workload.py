@@ -42,8 +42,11 @@ def _subset(data, n: int | None, seed: int):
     return data.subset(idx.tolist())
 
 
-def resolve_profile(config: SimConfig, adapted, out_dir: str | None) -> Profile:
-    """The configured profile, or one measured here now (saved as profile.json in the run folder)."""
+def resolve_profile(config: SimConfig, adapted, out_dir: str | None, *, repeats: int = 3,
+                    warmup: int = 1) -> Profile:
+    """The configured profile, or one measured here now (saved as profile.json in the run folder).
+
+    `repeats` / `warmup`: timed and untimed steps per profiled plan when measuring."""
     if config.profile is not None:
         return load_profile(config.profile)
     cached = os.path.join(out_dir, "profile.json") if out_dir else None
@@ -58,7 +61,8 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None) -> Profile:
     state = adapted.adapter_state()
     perturb_adapters(adapted, seed=config.seed)
     batch = generated_batch(adapted, config.batch_size, config.max_len, config.seed)
-    data = profile_model(adapted, batch, quant=QuantSettings(group_size=config.group_size), repeats=3, warmup=1)
+    data = profile_model(adapted, batch, quant=QuantSettings(group_size=config.group_size), repeats=repeats,
+                         warmup=warmup)
     adapted.load_adapter_state(state)
     if cached:
         tmp = cached + ".tmp"
@@ -69,11 +73,34 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None) -> Profile:
 
 
 def build_workload(config: SimConfig, out_dir: str | None = None) -> Workload:
+    adapted, train_tokens, eval_tokens, labels = load_model_and_data(config)
+    profile = resolve_profile(config, adapted, out_dir)
+    if profile.num_blocks != adapted.num_blocks:
+        raise FedquadError(f"profile is for {profile.num_blocks} blocks, {config.model} has {adapted.num_blocks}")
+    scenario = load_scenario(config.scenario)
+    drawn = draw_devices(scenario, profile, seed=config.seed)
+    if config.clients_per_round > len(drawn):
+        raise FedquadError(f"clients_per_round {config.clients_per_round} exceeds the scenario's {len(drawn)} devices")
+    parts_list = partition_examples(config, labels, len(drawn))
+    parts = {d.device_id: p for d, p in zip(drawn, parts_list)}
+    devices = [dataclasses.replace(d, local_steps=config.local_steps, data_weight=float(len(parts[d.device_id])))
+               for d in drawn]
+    return Workload(config, adapted, train_tokens, eval_tokens, parts, profile, scenario, devices)
+
+
+def partition_examples(config: SimConfig, labels: np.ndarray, num_parts: int) -> list[np.ndarray]:
+    """The seeded Dirichlet (or IID) split of the training subset over `num_parts` devices or nodes."""
+    return partition(np.asarray(labels), PartitionConfig(num_parts, config.partition_alpha, seed=config.seed))
+
+
+def load_model_and_data(config: SimConfig) -> tuple[object, object, object, np.ndarray]:
+    """(adapted model, train tokens, eval tokens, train labels) of `config`: everything of a run that
+    does not depend on the devices. The simulator and the Flower apps both load through here."""
     from fedquad.models import LoraSettings, load_model
     from fedquad.models.presets import DECODER_FAMILIES, PRESETS
 
     train = _subset(load_task(config.task, "train", data_root=config.data_root), config.train_examples, config.seed)
-    lm = bool(getattr(train, "is_causal_lm", False))  # causal-LM data (prompt/response or text) says so
+    lm = bool(getattr(train, "is_causal", False))  # causal-LM data (prompt/response or text) says so
     preset = PRESETS.get(config.model)
     if lm and preset is not None and preset.family not in DECODER_FAMILIES:
         raise FedquadError(f"task {config.task} is causal-LM data but {config.model} is not a decoder model")
@@ -86,19 +113,7 @@ def build_workload(config: SimConfig, out_dir: str | None = None) -> Workload:
                          device="cpu")
     train_tokens = tokenize(train, adapted.tokenizer, config.max_len)
     eval_tokens = tokenize(evaluation, adapted.tokenizer, config.max_len)
-    profile = resolve_profile(config, adapted, out_dir)
-    if profile.num_blocks != adapted.num_blocks:
-        raise FedquadError(f"profile is for {profile.num_blocks} blocks, {config.model} has {adapted.num_blocks}")
-    scenario = load_scenario(config.scenario)
-    drawn = draw_devices(scenario, profile, seed=config.seed)
-    if config.clients_per_round > len(drawn):
-        raise FedquadError(f"clients_per_round {config.clients_per_round} exceeds the scenario's {len(drawn)} devices")
-    parts_list = partition(np.asarray(train.labels), PartitionConfig(len(drawn), config.partition_alpha,
-                                                                      seed=config.seed))
-    parts = {d.device_id: p for d, p in zip(drawn, parts_list)}
-    devices = [dataclasses.replace(d, local_steps=config.local_steps, data_weight=float(len(parts[d.device_id])))
-               for d in drawn]
-    return Workload(config, adapted, train_tokens, eval_tokens, parts, profile, scenario, devices)
+    return adapted, train_tokens, eval_tokens, np.asarray(train.labels)
 
 
 def _eval_split(config: SimConfig) -> str:
