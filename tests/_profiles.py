@@ -1,7 +1,9 @@
 """Synthetic cost-model profiles for planner/cost-model/CLI tests (no torch, no measuring).
 
-`synthetic_profile` returns the JSON dict `fedquad profile` would write; scalars apply to every
-block, lists give per-block values. The defaults resemble MiniLM (6 blocks) at batch 16 x 64.
+`synthetic_profile` returns the JSON dict `fedquad profile` would write (schema version 2);
+scalars apply to every block, lists give per-block values. The defaults resemble MiniLM (6 blocks)
+at batch 16 x 64. The lowest-trainable-block bytes equal the ordinary ones unless
+`lowest_saving` (bytes saved by the lowest block, raw; kept scales with the kept ratio) is given.
 """
 
 from __future__ import annotations
@@ -19,21 +21,24 @@ def synthetic_profile(num_blocks: int = 6, saved_bytes_per_block=9_000_000, kept
                       backward_s=0.008, quant_s_8=0.001, quant_s_4=0.0012, frozen_weight_bytes: int = 90_000_000,
                       head_adapter_bytes: int = 1_536, workspace_bytes: int = 5_000_000,
                       machine_gflops: float = 85.3, head_saved_bytes: int = 20_000, model: str = "synthetic",
-                      optimizer_factor: float = 3.0) -> dict:
+                      optimizer_factor: float = 3.0, lowest_saving=0) -> dict:
     blocks = []
     for i in range(num_blocks):
         saved = _per_block(saved_bytes_per_block, i)
+        low = saved - _per_block(lowest_saving, i)
+        r8, r4 = _per_block(kept_ratio_8, i), _per_block(kept_ratio_4, i)
         blocks.append({
             "index": i, "saved_bytes": saved,
-            "kept_bytes": {"8": int(saved * _per_block(kept_ratio_8, i)),
-                           "4": int(saved * _per_block(kept_ratio_4, i))},
+            "kept_bytes": {"8": int(saved * r8), "4": int(saved * r4)},
+            "saved_bytes_lowest": low,
+            "kept_bytes_lowest": {"8": int(low * r8), "4": int(low * r4)},
             "adapter_bytes": _per_block(adapter_bytes_per_block, i),
             "forward_s": _per_block(forward_s, i), "backward_s": _per_block(backward_s, i),
             "quant_s": {"8": _per_block(quant_s_8, i), "4": _per_block(quant_s_4, i)},
         })
     adapter = sum(b["adapter_bytes"] for b in blocks) + head_adapter_bytes
     return {
-        "schema_version": 1, "model": model, "family": "bert", "num_blocks": num_blocks,
+        "schema_version": 2, "model": model, "family": "bert", "num_blocks": num_blocks,
         "batch_size": 16, "seq_len": 64, "dtype": "float32", "device": "cpu", "group_size": 128,
         "machine_gflops": machine_gflops, "frozen_weight_bytes": frozen_weight_bytes, "adapter_bytes": adapter,
         "head_adapter_bytes": head_adapter_bytes, "optimizer_bytes_per_trainable_byte": optimizer_factor,
@@ -54,6 +59,7 @@ def minilm_like_profile() -> dict:
                              quant_s_4=0.012, machine_gflops=200.0, model="minilm-like")
     for b in data["blocks"]:
         b["kept_bytes"] = {"8": 11_063_552, "4": 5_949_696}
+        b["kept_bytes_lowest"] = dict(b["kept_bytes"])  # BERT: the lowest block saves the same
     data["head"]["saved_bytes_depth0"] = 24_836
     return data
 

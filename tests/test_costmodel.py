@@ -8,8 +8,9 @@ import json
 import pytest
 
 from _profiles import synthetic_profile, write_profile
-from fedquad.costmodel import (cost_model, load_profile, memory_bytes, profile_from_dict, profile_to_dict,
-                               round_time_breakdown, round_time_s, step_time_s)
+from fedquad.costmodel import (SCHEMA_VERSION, cost_model, list_profiles, load_profile, memory_bytes,
+                               profile_from_dict, profile_to_dict, round_time_breakdown, round_time_s, saved_bytes,
+                               step_time_s)
 from fedquad.errors import FedquadError
 from fedquad.plan import ClientPlan
 
@@ -24,6 +25,7 @@ def tiny() -> dict:
     data["embedding_forward_s"] = 0.5
     data["head"].update(forward_s=0.25, backward_s=0.125)
     data["blocks"][2]["kept_bytes"]["4"] = 50
+    data["blocks"][2]["kept_bytes_lowest"]["4"] = 50
     return data
 
 
@@ -66,6 +68,25 @@ def test_depth0_head_bytes(profile):
     assert memory_bytes(p, ClientPlan(1)) == memory_bytes(profile, ClientPlan(1))
 
 
+def test_lowest_block_bytes(profile):
+    """The lowest trainable block is charged its own (smaller) bytes, raw or quantized."""
+    data = tiny()
+    for b, low in zip(data["blocks"], (90, 150, 280)):
+        b["saved_bytes_lowest"] = low
+        b["kept_bytes_lowest"] = {"8": low // 4, "4": low // 8}
+    p = profile_from_dict(data)
+    # depth 2: block 1 lowest (150 instead of 200), block 2 ordinary
+    assert saved_bytes(p, ClientPlan(2)) == 11 + 150 + 300
+    # bottom q=1: block 1 quantized as the lowest block (150 // 4)
+    assert saved_bytes(p, ClientPlan(2, 1, 8)) == 11 + 37 + 300
+    # top q=1: block 2 quantized as an ordinary block (0.3 x 300), block 1 lowest and raw
+    assert saved_bytes(p, ClientPlan(2, 1, 8, "top")) == 11 + 150 + 90
+    assert saved_bytes(p, ClientPlan(2, 2, 4, "top")) == 11 + 18 + 50
+    assert saved_bytes(p, ClientPlan(3)) == 11 + 90 + 200 + 300
+    assert saved_bytes(p, ClientPlan(0)) == 11
+    assert memory_bytes(p, ClientPlan(2)) == memory_bytes(profile, ClientPlan(2)) - 50
+
+
 def brute_force(p, plan):
     """The DESIGN section 4 formulas, block by block, from ClientPlan's own ranges."""
     L = p.num_blocks
@@ -73,7 +94,15 @@ def brute_force(p, plan):
     trained_adapter = p.head_adapter_bytes + sum(p.blocks[i].adapter_bytes for i in trainable)
     mem = (p.frozen_weight_bytes + p.adapter_bytes + p.workspace_bytes + p.head.saved_bytes
            + p.optimizer_bytes_per_trainable_byte * trained_adapter)
-    mem += sum(p.blocks[i].kept_bytes[plan.bits] if i in quantized else p.blocks[i].saved_bytes for i in trainable)
+    lowest = L - plan.depth
+
+    def block_bytes(i):
+        b = p.blocks[i]
+        if i in quantized:
+            return (b.kept_bytes_lowest if i == lowest else b.kept_bytes)[plan.bits]
+        return b.saved_bytes_lowest if i == lowest else b.saved_bytes
+
+    mem += sum(block_bytes(i) for i in trainable)
     step = (p.embedding_forward_s + sum(b.forward_s for b in p.blocks) + p.head.forward_s + p.head.backward_s
             + sum(p.blocks[i].backward_s for i in trainable) + sum(p.blocks[i].quant_s[plan.bits] for i in quantized))
     return mem, step
@@ -82,6 +111,7 @@ def brute_force(p, plan):
 @pytest.mark.parametrize("placement", ["bottom", "top"])
 def test_prefix_sums_match_brute_force(placement):
     p = profile_from_dict(synthetic_profile(num_blocks=7, saved_bytes_per_block=[5, 70, 300, 11, 9000, 1, 44],
+                                            lowest_saving=[1, 7, 30, 0, 900, 1, 4],
                                             forward_s=[0.1 * i for i in range(7)], backward_s=[0.3, 0, 1, 2, 3, 4, 5]))
     for d in range(8):
         for q in range(d + 1):
@@ -111,7 +141,10 @@ def _broken(mutate):
 
 @pytest.mark.parametrize("mutate, words", [
     (lambda d: d.pop("schema_version"), ["schema_version", "missing"]),
-    (lambda d: d.update(schema_version=2), ["schema_version", "2"]),
+    (lambda d: d.update(schema_version=3), ["schema_version", "3", "versions 1 and 2"]),
+    (lambda d: d.update(schema_version="2"), ["schema_version", "'2'"]),
+    (lambda d: d["blocks"][1].pop("saved_bytes_lowest"), ["blocks[1].saved_bytes_lowest", "missing"]),
+    (lambda d: d["blocks"][0]["kept_bytes_lowest"].pop("8"), ["blocks[0].kept_bytes_lowest.8", "missing"]),
     (lambda d: d.pop("frozen_weight_bytes"), ["frozen_weight_bytes", "missing"]),
     (lambda d: d.update(adapter_bytes="big"), ["adapter_bytes", "integer"]),
     (lambda d: d.update(workspace_bytes=-1), ["workspace_bytes", ">= 0"]),
@@ -150,3 +183,29 @@ def test_extra_fields_ignored():
     data["task"] = "seq-cls"
     data["measured_step_s"] = {"by_depth": [1, 2, 3, 4]}
     assert profile_from_dict(data) == profile_from_dict(tiny())
+
+
+def test_version1_reads_with_ordinary_bytes_for_the_lowest_block():
+    data = tiny()
+    data["schema_version"] = 1
+    for b in data["blocks"]:
+        del b["saved_bytes_lowest"], b["kept_bytes_lowest"]
+    p = profile_from_dict(data)
+    assert [b.saved_bytes_lowest for b in p.blocks] == [100, 200, 300]
+    assert p == profile_from_dict(tiny())  # tiny()'s lowest bytes equal the ordinary ones
+    assert profile_to_dict(p)["schema_version"] == SCHEMA_VERSION == 2
+
+
+def test_shipped_profile_by_name(tmp_path, monkeypatch):
+    names = list_profiles()
+    assert "minilm-b16-s64" in names
+    p = load_profile("minilm-b16-s64")
+    assert p.model == "minilm" and p.num_blocks == 6 and (p.batch_size, p.seq_len) == (16, 64)
+    assert "resources/profiles/minilm-b16-s64.json" in p.source
+    # a file of that name wins over the shipped profile
+    monkeypatch.chdir(tmp_path)
+    write_profile(tmp_path, "minilm-b16-s64", num_blocks=3)
+    assert load_profile("minilm-b16-s64").num_blocks == 3
+    with pytest.raises(FedquadError, match="minilm-b16-s64") as exc:
+        load_profile("no-such-profile")
+    assert "does not exist" in str(exc.value) and "\n" not in str(exc.value)

@@ -16,8 +16,15 @@ def add_parser(sub) -> None:
                                    "forward/backward/quantization times and adapter sizes, and write a profile JSON "
                                    "that the planner reads.")
     add_model_args(p)
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed steps per configuration (median)")
-    p.add_argument("--warmup", type=positive_int, default=2, help="untimed steps before timing")
+    p.add_argument("--repeats", type=positive_int, default=7,
+                   help="timed steps per profiled plan (median); plans are stepped round-robin")
+    p.add_argument("--warmup", type=positive_int, default=1, help="untimed rounds over all plans before timing")
+    p.add_argument("--statistic", default="median", choices=["median", "min"],
+                   help="per-plan summary of the timed steps: median, or min on a machine shared with other "
+                        "jobs (their load only ever slows a step down)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads while profiling (default: torch's choice); 1 is far steadier on "
+                        "a small machine that other jobs are also using")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
     p.set_defaults(func=run)
 
@@ -28,20 +35,23 @@ def run(args) -> int:
 
     from fedquad.client.saved_activations import QuantSettings
     from fedquad.diagnostics.memory import generated_batch, perturb_adapters
-    from fedquad.diagnostics.profile import profile_model
+    from fedquad.diagnostics.profile import profile_model, profile_steps
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise FedquadError(f"cannot write {args.out}: directory {out_dir} does not exist")
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
     adapted = load_from_args(args)
     perturb_adapters(adapted, seed=args.seed)
     batch = generated_batch(adapted, args.batch_size, args.seq_len, args.seed)
     quant = QuantSettings(group_size=args.group_size, quantizer=args.quantizer)
-    total = 3 * adapted.num_blocks + 1
+    total = profile_steps(adapted.num_blocks, args.repeats, args.warmup)
     with Progress(transient=True) as progress:
         task = progress.add_task(f"profiling {adapted.name}", total=total)
         profile = profile_model(adapted, batch, quant=quant, repeats=args.repeats, warmup=args.warmup,
-                                progress=lambda: progress.advance(task))
+                                seed=args.seed, statistic=args.statistic, progress=lambda: progress.advance(task))
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(profile, f, indent=2)
@@ -49,5 +59,7 @@ def run(args) -> int:
     saved = sum(b["saved_bytes"] for b in profile["blocks"])
     Console().print(f"wrote {args.out}: {profile['num_blocks']} blocks, {saved / 2**20:.1f} MiB saved activations at "
                     f"full depth, int8 kept/raw {profile['kept_ratio']['8']:.3f}, int4 {profile['kept_ratio']['4']:.3f}, "
-                    f"step {profile['measured_step_s']['by_depth'][-1] * 1e3:.0f} ms at full depth")
+                    f"step {profile['measured_step_s']['by_depth'][-1] * 1e3:.0f} ms at full depth; per-block times "
+                    f"fit the measured steps within {profile['timing']['max_abs_rel_residual']:.1%} "
+                    f"({len(profile['timing']['plans'])} plans)")
     return 0

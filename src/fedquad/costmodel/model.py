@@ -1,11 +1,15 @@
 """Cost model (DESIGN section 4): memory, step time and round time of a ClientPlan.
 
-    M(plan)    = frozen + adapter + opt * (head_adapter + sum_trainable adapter_l) + head.saved
-                 + sum_trainable (kept_l[bits] if l quantized else saved_l) + workspace
+    M(plan)    = frozen + adapter + opt * (head_adapter + sum_trainable adapter_l) + workspace + A(plan)
+    A(plan)    = head.saved (head.saved_bytes_depth0 at depth 0)
+                 + sum_trainable (kept_l[bits] if l quantized else saved_l)
+                 with the lowest trainable block's saved_lowest / kept_lowest[bits] in place of its
+                 saved / kept (its input needs no gradient, so it may save less)
     step(plan) = (embedding_fwd + sum_all fwd_l + head fwd + head bwd + sum_trainable bwd_l
                   + sum_quantized quant_l[bits]) / speed
     round(plan) = local_steps * step + adapter / down_Bps + (head_adapter + sum_trainable adapter_l) / up_Bps
 
+A(plan) is what `fedquad memory` measures as kept bytes plus outside bytes, exactly.
 Trainable and quantized blocks are contiguous ranges (ClientPlan), so every sum is a difference
 of prefix sums: O(1) per plan, which matters because the planner evaluates thousands of plans.
 Pure Python: no torch.
@@ -49,6 +53,10 @@ class CostModel:
         blocks = profile.blocks
         self._saved = _prefix(b.saved_bytes for b in blocks)
         self._kept = {bits: _prefix(b.kept_bytes[bits] for b in blocks) for bits in PROFILE_BITS}
+        # lowest trainable block: what it saves minus what the prefix sums charge for it
+        self._low_raw = [b.saved_bytes_lowest - b.saved_bytes for b in blocks]
+        self._low_kept = {bits: [b.kept_bytes_lowest[bits] - b.kept_bytes[bits] for b in blocks]
+                          for bits in PROFILE_BITS}
         self._adapter = _prefix(b.adapter_bytes for b in blocks)
         self._backward = _prefix(b.backward_s for b in blocks)
         self._quant = {bits: _prefix(b.quant_s[bits] for b in blocks) for bits in PROFILE_BITS}
@@ -57,6 +65,7 @@ class CostModel:
         # the head's optimizer state and the workspace; all blocks' forward and the head's step.
         self._fixed_bytes = (profile.frozen_weight_bytes + profile.adapter_bytes
                              + self._opt * profile.head_adapter_bytes + profile.workspace_bytes)
+        self._adapter_total = self._adapter[-1]
         self._head_saved = profile.head.saved_bytes
         self._head_saved0 = (profile.head.saved_bytes if profile.head.saved_bytes_depth0 is None
                              else profile.head.saved_bytes_depth0)
@@ -76,19 +85,31 @@ class CostModel:
         The caller guarantees 0 <= quant_layers <= depth <= L (the planner's inner loop)."""
         L = self.num_blocks
         lo = L - depth
-        qa, qb = self._quant_range(depth, quant_layers, placement)
-        saved = self._saved
-        adapter = self._adapter[L] - self._adapter[lo]
-        act = saved[L] - saved[lo]
+        adapter = self._adapter_total - self._adapter[lo]
         step = self._base_step_s + self._backward[L] - self._backward[lo]
         if quant_layers:
-            kept = self._kept[bits]
-            act += kept[qb] - kept[qa] - (saved[qb] - saved[qa])
+            qa, qb = self._quant_range(depth, quant_layers, placement)
             q = self._quant[bits]
             step += q[qb] - q[qa]
-        memory = (self._fixed_bytes + self._opt * adapter + act
-                  + (self._head_saved if depth else self._head_saved0))
+        memory = self._fixed_bytes + self._opt * adapter + self.activation_bytes(depth, quant_layers, bits, placement)
         return memory, step, self.profile.head_adapter_bytes + adapter
+
+    def activation_bytes(self, depth: int, quant_layers: int = 0, bits: int = 8, placement: str = "bottom") -> int:
+        """A(plan): saved-activation bytes kept for backward, blocks and outside them; what
+        `fedquad memory` reports as kept_bytes + outside_bytes. Same contract as costs()."""
+        if depth == 0:
+            return self._head_saved0
+        L = self.num_blocks
+        lo = L - depth
+        saved = self._saved
+        act = saved[L] - saved[lo] + self._head_saved
+        lowest_quantized = False
+        if quant_layers:
+            qa, qb = self._quant_range(depth, quant_layers, placement)
+            kept = self._kept[bits]
+            act += kept[qb] - kept[qa] - (saved[qb] - saved[qa])
+            lowest_quantized = qa == lo
+        return act + (self._low_kept[bits][lo] if lowest_quantized else self._low_raw[lo])
 
     def _check(self, plan: ClientPlan) -> ClientPlan:
         if plan.depth > self.num_blocks:
@@ -99,6 +120,11 @@ class CostModel:
     def memory_bytes(self, plan: ClientPlan) -> float:
         self._check(plan)
         return self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)[0]
+
+    def saved_bytes(self, plan: ClientPlan) -> int:
+        """Saved-activation bytes of the plan (blocks + outside), comparable with `fedquad memory`."""
+        self._check(plan)
+        return self.activation_bytes(plan.depth, plan.quant_layers, plan.bits, plan.placement)
 
     def step_time_s(self, plan: ClientPlan, speed: float = 1.0) -> float:
         self._check(plan)
@@ -142,6 +168,10 @@ def cost_model(profile: Profile) -> CostModel:
 
 def memory_bytes(profile: Profile, plan: ClientPlan) -> float:
     return cost_model(profile).memory_bytes(plan)
+
+
+def saved_bytes(profile: Profile, plan: ClientPlan) -> int:
+    return cost_model(profile).saved_bytes(plan)
 
 
 def step_time_s(profile: Profile, plan: ClientPlan, speed: float = 1.0) -> float:

@@ -1,8 +1,13 @@
 """Profile: the measured inputs of the cost model (DESIGN section 4), loaded and validated.
 
-`fedquad profile` writes the JSON (schema version 1); this module only reads it. Every problem
-with a file is a FedquadError whose one-line message names the file and the field, because the
+`fedquad profile` writes the JSON; this module reads it. Schema version 2 adds, per block, the
+bytes it saves as the lowest trainable block (`saved_bytes_lowest`, `kept_bytes_lowest`); a
+version-1 file is still read, with those equal to the ordinary per-block bytes (which can
+over-state a plan by the part of one block's input that needs no gradient). Every problem with
+a file is a FedquadError whose one-line message names the file and the field, because the
 profile is hand-editable and the planner's answers are only as good as these numbers.
+
+Shipped profiles (resources/profiles/NAME.json) can be named instead of given by path.
 Pure Python: no torch.
 """
 
@@ -10,12 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 from fedquad.errors import FedquadError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PROFILE_DIR = "resources/profiles"
 PROFILE_BITS = (8, 4)
 
 
@@ -28,6 +37,17 @@ class BlockProfile:
     forward_s: float = field(metadata={"help": "forward time of the block on the profiling machine"})
     backward_s: float = field(metadata={"help": "extra time when the block is trainable (backward + optimizer)"})
     quant_s: dict[int, float] = field(metadata={"help": "bits -> extra time of quantizing+dequantizing this block"})
+    saved_bytes_lowest: int | None = field(default=None, metadata={
+        "help": "saved bytes when this is the lowest trainable block (its input needs no grad); "
+                "None = saved_bytes"})
+    kept_bytes_lowest: dict[int, int] | None = field(default=None, metadata={
+        "help": "bits -> kept bytes when this is the lowest trainable block and quantized; None = kept_bytes"})
+
+    def __post_init__(self) -> None:
+        if self.saved_bytes_lowest is None:
+            object.__setattr__(self, "saved_bytes_lowest", self.saved_bytes)
+        if self.kept_bytes_lowest is None:
+            object.__setattr__(self, "kept_bytes_lowest", dict(self.kept_bytes))
 
 
 @dataclass(frozen=True)
@@ -62,13 +82,32 @@ class Profile:
     source: str = field(default="<dict>", compare=False, metadata={"help": "where the profile came from (messages)"})
 
 
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with fedquad (usable wherever a profile path is)."""
+    folder = resources.files("fedquad").joinpath(PROFILE_DIR)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
 def load_profile(path: str) -> Profile:
-    """Read and validate a profile JSON file."""
+    """Read and validate a profile: a JSON file by path, or a shipped profile by name (a file of
+    that name takes precedence)."""
+    if not os.path.exists(path) and path in list_profiles():
+        source = f"{PROFILE_DIR}/{path}.json"
+        text = resources.files("fedquad").joinpath(source).read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FedquadError(f"shipped profile {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        return profile_from_dict(data, source=source)
     try:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise FedquadError(f"profile {path} does not exist") from None
+        shipped = list_profiles()
+        names = f" (shipped profiles: {', '.join(shipped)})" if shipped else ""
+        raise FedquadError(f"profile {path} does not exist, as a file or a shipped profile name{names}") from None
     except IsADirectoryError:
         raise FedquadError(f"profile {path} is a directory, not a JSON file") from None
     except json.JSONDecodeError as exc:
@@ -86,16 +125,17 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
     version = data.get("schema_version")
     if version is None:
         r.fail("schema_version", f"is missing (expected {SCHEMA_VERSION})")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         r.fail("schema_version",
-               f"is {version!r}, this fedquad reads version {SCHEMA_VERSION}; re-run `fedquad profile`")
+               f"is {version!r}, this fedquad reads versions {readable}; re-run `fedquad profile`")
     num_blocks = r.integer(data, "num_blocks", minimum=1)
     blocks_data = r.get(data, "blocks")
     if not isinstance(blocks_data, list):
         r.fail("blocks", f"must be a list, got {type(blocks_data).__name__}")
     if len(blocks_data) != num_blocks:
         r.fail("blocks", f"has {len(blocks_data)} entries but num_blocks is {num_blocks}")
-    blocks = tuple(_block(r, b, i) for i, b in enumerate(blocks_data))
+    blocks = tuple(_block(r, b, i, version) for i, b in enumerate(blocks_data))
     head = r.obj(data, "head")
     depth0 = head.get("saved_bytes_depth0")
     kept_ratio = data.get("kept_ratio") or {}
@@ -124,7 +164,7 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
 
 
 def profile_to_dict(profile: Profile) -> dict:
-    """The JSON form (schema version 1); profile_from_dict(profile_to_dict(p)) == p."""
+    """The JSON form (current schema version); profile_from_dict(profile_to_dict(p)) == p."""
     head = {"saved_bytes": profile.head.saved_bytes, "forward_s": profile.head.forward_s,
             "backward_s": profile.head.backward_s}
     if profile.head.saved_bytes_depth0 is not None:
@@ -139,13 +179,16 @@ def profile_to_dict(profile: Profile) -> dict:
         "workspace_bytes": profile.workspace_bytes, "embedding_forward_s": profile.embedding_forward_s,
         "head": head, "kept_ratio": {str(k): v for k, v in profile.kept_ratio.items()},
         "blocks": [{"index": b.index, "saved_bytes": b.saved_bytes,
-                    "kept_bytes": {str(k): v for k, v in b.kept_bytes.items()}, "adapter_bytes": b.adapter_bytes,
+                    "kept_bytes": {str(k): v for k, v in b.kept_bytes.items()},
+                    "saved_bytes_lowest": b.saved_bytes_lowest,
+                    "kept_bytes_lowest": {str(k): v for k, v in b.kept_bytes_lowest.items()},
+                    "adapter_bytes": b.adapter_bytes,
                     "forward_s": b.forward_s, "backward_s": b.backward_s,
                     "quant_s": {str(k): v for k, v in b.quant_s.items()}} for b in profile.blocks],
     }
 
 
-def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
+def _block(r: "_Reader", b: Any, i: int, version: int) -> BlockProfile:
     prefix = f"blocks[{i}]."
     if not isinstance(b, dict):
         r.fail(f"blocks[{i}]", f"must be an object, got {type(b).__name__}")
@@ -154,9 +197,15 @@ def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
         r.fail(f"{prefix}index", f"is {index}, expected {i} (blocks must be listed in index order)")
     kept = r.obj(b, "kept_bytes", prefix)
     quant = r.obj(b, "quant_s", prefix)
+    saved_lowest = kept_lowest = None
+    if version >= 2:  # version 1 has no lowest-block bytes: BlockProfile then uses the ordinary ones
+        saved_lowest = r.integer(b, "saved_bytes_lowest", prefix)
+        kl = r.obj(b, "kept_bytes_lowest", prefix)
+        kept_lowest = {bits: r.integer(kl, str(bits), f"{prefix}kept_bytes_lowest.") for bits in PROFILE_BITS}
     return BlockProfile(
         index=index, saved_bytes=r.integer(b, "saved_bytes", prefix),
         kept_bytes={bits: r.integer(kept, str(bits), f"{prefix}kept_bytes.") for bits in PROFILE_BITS},
+        saved_bytes_lowest=saved_lowest, kept_bytes_lowest=kept_lowest,
         adapter_bytes=r.integer(b, "adapter_bytes", prefix), forward_s=r.number(b, "forward_s", prefix),
         backward_s=r.number(b, "backward_s", prefix),
         quant_s={bits: r.number(quant, str(bits), f"{prefix}quant_s.") for bits in PROFILE_BITS},

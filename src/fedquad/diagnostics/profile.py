@@ -1,18 +1,32 @@
 """`fedquad profile`: measure everything the cost model needs on the machine at hand.
 
-Saved bytes per block are exact (pack-hook accounting). Times are medians of repeated steps
-after warm-up. Per-block backward and quantization times come from differences between whole
-steps: T(depth d) - T(depth d-1) is what training one more block costs, and
-T(L, q) - T(L, q-1) what quantizing one more block costs. Summed back, these reproduce the
-measured step of every depth by construction, so the cost model is checked against noise, not
-against a modelling shortcut. Forward time per block comes from hooks around each block.
+Bytes are exact (pack-hook accounting) and come from one step of each plan below. The lowest
+trainable block saves less than the same block would with trainable blocks beneath it when its
+input needs no gradient (LLaMA's RMSNorm, for one, then saves nothing for its input's grad), so
+every block is recorded both ways: `saved_bytes` / `kept_bytes` as a block with a trainable block
+below it, `saved_bytes_lowest` / `kept_bytes_lowest` as the lowest trainable block. With both,
+the cost model reproduces the measured bytes of every (depth, quant_layers, bits) exactly.
+
+Times: a set of plans (every depth unquantized; full depth with 1..L bottom blocks quantized and
+every depth fully quantized, at 8 and 4 bits) is stepped round-robin, in a shuffled order each
+round, so slow phases of a busy machine spread over all plans instead of biasing a few. The
+median step of each plan is then fitted by non-negative least squares (relative error) to
+    step = base + sum_trainable backward_l + sum_quantized quant_l[bits]
+which gives per-block times that are never negative and that add back up to the measured steps;
+the residuals are stored in the profile (`timing`) so the fit can be judged. Forward time per
+block comes from hooks around each block at depth 0; the rest of `base` (embeddings, head,
+loss, optimizer step) is charged to the head.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import random
 import statistics
 import time
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fedquad.client.runtime import PlanRuntime
@@ -21,8 +35,9 @@ from fedquad.client.train import forward_backward
 from fedquad.models.adapted import AdaptedModel
 from fedquad.plan import ClientPlan
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ADAMW_STATE_FACTOR = 3.0  # gradient + exp_avg + exp_avg_sq per trainable byte
+PROFILE_BITS = (8, 4)
 
 
 def _sync(adapted: AdaptedModel) -> None:
@@ -47,112 +62,241 @@ def machine_gflops(device: torch.device, size: int = 1024, repeats: int = 10) ->
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-class _StepTimer:
-    """Median full-step time (forward + backward + AdamW step) of a plan, and per-block forward."""
+def profile_plans(num_blocks: int) -> list[ClientPlan]:
+    """The plans `profile_model` steps: enough to identify every per-block byte count and time."""
+    L = num_blocks
+    plans = [ClientPlan(d) for d in range(L + 1)]
+    for bits in PROFILE_BITS:
+        plans += [ClientPlan(L, q, bits) for q in range(1, L + 1)]
+        plans += [ClientPlan(d, d, bits) for d in range(1, L)]
+    return plans
 
-    def __init__(self, adapted: AdaptedModel, batch, quant: QuantSettings, repeats: int, warmup: int):
-        self.adapted, self.batch, self.quant = adapted, batch, quant
-        self.repeats, self.warmup = repeats, warmup
 
-    def measure(self, plan: ClientPlan):
+def profile_steps(num_blocks: int, repeats: int, warmup: int) -> int:
+    """Training steps `profile_model` runs (for a progress bar)."""
+    return len(profile_plans(num_blocks)) * (repeats + warmup)
+
+
+def nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Non-negative least squares, min ||Ax - b|| subject to x >= 0 (Lawson and Hanson's
+    active-set method). Small dense problems only: a few dozen unknowns."""
+    A = np.asarray(A, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    n = A.shape[1]
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    tol = 10 * np.finfo(np.float64).eps * max(A.shape) * max(1.0, float(np.abs(A).sum(axis=0).max()))
+    for _ in range(3 * n + 10):
+        w = A.T @ (b - A @ x)
+        if passive.all() or not (w[~passive] > tol).any():
+            break
+        passive[int(np.argmax(np.where(passive, -np.inf, w)))] = True
+        while True:
+            s = np.zeros(n)
+            s[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
+            if (s[passive] > tol).all():
+                break
+            shrink = passive & (s <= tol)
+            alpha = float(np.min(x[shrink] / (x[shrink] - s[shrink])))
+            x = x + alpha * (s - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+            if not passive.any():
+                s = np.zeros(n)
+                break
+        x = s
+    return np.maximum(x, 0.0)
+
+
+def fit_step_times(plans: list[ClientPlan], measured_s: list[float], num_blocks: int):
+    """Fit base, backward_l and quant_l[bits] (all >= 0) to median step times of `plans`,
+    minimising the relative error. Returns (base, backward, {bits: quant}, fitted_s)."""
+    L = num_blocks
+    cols = 1 + L + L * len(PROFILE_BITS)
+    A = np.zeros((len(plans), cols))
+    for r, plan in enumerate(plans):
+        A[r, 0] = 1.0
+        for i in plan.trainable_blocks(L):
+            A[r, 1 + i] = 1.0
+        if plan.quant_layers:
+            k = PROFILE_BITS.index(plan.bits)
+            for i in plan.quantized_blocks(L):
+                A[r, 1 + L + k * L + i] = 1.0
+    t = np.asarray(measured_s, dtype=np.float64)
+    weight = 1.0 / np.maximum(t, 1e-9)
+    x = nnls(A * weight[:, None], t * weight)
+    fitted = A @ x
+    backward = [float(v) for v in x[1:1 + L]]
+    quant = {bits: [float(v) for v in x[1 + L + k * L:1 + L + (k + 1) * L]] for k, bits in enumerate(PROFILE_BITS)}
+    return float(x[0]), backward, quant, [float(v) for v in fitted]
+
+
+class _PlanStepper:
+    """One plan's runtime and optimizer, kept across the interleaved rounds."""
+
+    def __init__(self, adapted: AdaptedModel, plan: ClientPlan, quant: QuantSettings):
+        self.adapted, self.plan = adapted, plan
+        self.runtime = PlanRuntime(adapted, plan, dataclasses.replace(quant, bits=plan.bits))
+        self.optimizer = None
+        self.times: list[float] = []
+        self.block_forward: list[list[float]] = [[] for _ in range(adapted.num_blocks)]
+        self.block_bytes = None
+        self.outside_bytes = None
+
+    def step(self, batch, record: bool, fwd_hooks) -> None:
         adapted = self.adapted
-        quant = QuantSettings(plan.bits, self.quant.group_size, self.quant.stochastic, self.quant.min_numel,
-                              self.quant.quantizer)
-        block_fwd: list[list[float]] = [[] for _ in range(adapted.num_blocks)]
-        starts: dict[int, float] = {}
-
-        def pre(i):
-            def hook(module, args):
-                _sync(adapted)
-                starts[i] = time.perf_counter()
-            return hook
-
-        def post(i):
-            def hook(module, args, out):
-                _sync(adapted)
-                block_fwd[i].append(time.perf_counter() - starts[i])
-            return hook
-
-        handles = []
-        for i, block in enumerate(adapted.blocks):
-            handles.append(block.register_forward_pre_hook(pre(i)))
-            handles.append(block.register_forward_hook(post(i)))
-        step_times, bytes_ = [], None
-        try:
-            with PlanRuntime(adapted, plan, quant) as runtime:
+        with self.runtime as runtime:
+            if self.optimizer is None:
                 params = runtime.trainable_parameters()
-                opt = torch.optim.AdamW(params, lr=1e-6) if params else None
-                for r in range(self.warmup + self.repeats):
-                    _sync(adapted)
-                    start = time.perf_counter()
-                    forward_backward(adapted, runtime, self.batch)
-                    if opt is not None:
-                        opt.step()
-                        opt.zero_grad(set_to_none=True)
-                    _sync(adapted)
-                    if r >= self.warmup:
-                        step_times.append(time.perf_counter() - start)
-                bytes_ = (runtime.block_bytes(), runtime.outside_bytes())
-        finally:
-            for h in handles:
-                h.remove()
-        fwd = [statistics.median(t[self.warmup:]) for t in block_fwd]
-        return statistics.median(step_times), fwd, bytes_
+                self.optimizer = torch.optim.AdamW(params, lr=1e-6) if params else False
+            fwd_hooks.target = self.block_forward if record else None
+            _sync(adapted)
+            start = time.perf_counter()
+            forward_backward(adapted, runtime, batch)
+            if self.optimizer:
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            _sync(adapted)
+            elapsed = time.perf_counter() - start
+            fwd_hooks.target = None
+            self.block_bytes = runtime.block_bytes()
+            self.outside_bytes = runtime.outside_bytes()
+        if record:
+            self.times.append(elapsed)
+
+
+class _ForwardHooks:
+    """Per-block forward timers; record into `target` (a list per block) while it is set."""
+
+    def __init__(self, adapted: AdaptedModel):
+        self.adapted = adapted
+        self.target = None
+        self._starts: dict[int, float] = {}
+        self._handles = []
+        for i, block in enumerate(adapted.blocks):
+            self._handles.append(block.register_forward_pre_hook(self._pre(i)))
+            self._handles.append(block.register_forward_hook(self._post(i)))
+
+    def _pre(self, i):
+        def hook(module, args):
+            if self.target is not None:
+                _sync(self.adapted)
+                self._starts[i] = time.perf_counter()
+        return hook
+
+    def _post(self, i):
+        def hook(module, args, out):
+            if self.target is not None and i in self._starts:
+                _sync(self.adapted)
+                self.target[i].append(time.perf_counter() - self._starts.pop(i))
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@dataclass
+class PlanMeasurement:
+    """What `measure_plans` saw for one plan."""
+    plan: ClientPlan
+    times_s: list[float]                 # timed steps (forward + backward + AdamW step)
+    block_forward_s: list[list[float]]   # per block, forward times of the timed steps
+    block_bytes: list                    # BlockBytes per block, last step (exact)
+    outside_bytes: object                # BlockBytes outside the blocks, last step
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    def statistic_s(self, statistic: str) -> float:
+        return min(self.times_s) if statistic == "min" else self.median_s
+
+
+def measure_plans(adapted: AdaptedModel, batch: dict[str, torch.Tensor], plans: list[ClientPlan], *,
+                  quant: QuantSettings = QuantSettings(), repeats: int = 7, warmup: int = 1, seed: int = 0,
+                  progress=None) -> dict[ClientPlan, PlanMeasurement]:
+    """Step every plan `warmup + repeats` times, round-robin in a shuffled order per round, so
+    that a slow phase of a shared machine spreads over all plans. Leaves the adapters as found."""
+    global_state = adapted.adapter_state()
+    adapted.model.train()
+    steppers = {plan: _PlanStepper(adapted, plan, quant) for plan in plans}
+    hooks = _ForwardHooks(adapted)
+    order = random.Random(seed)
+    try:
+        for r in range(warmup + repeats):
+            ordered = list(plans)
+            order.shuffle(ordered)
+            for plan in ordered:
+                steppers[plan].step(batch, r >= warmup, hooks)
+                if progress:
+                    progress()
+    finally:
+        hooks.remove()
+        adapted.load_adapter_state(global_state)
+    return {plan: PlanMeasurement(plan, s.times, s.block_forward, s.block_bytes, s.outside_bytes)
+            for plan, s in steppers.items()}
+
+
+STATISTICS = ("median", "min")
 
 
 def profile_model(adapted: AdaptedModel, batch: dict[str, torch.Tensor], *, quant: QuantSettings = QuantSettings(),
-                  repeats: int = 5, warmup: int = 2, progress=None) -> dict:
-    """The profile dict (schema version 1) for `adapted` at this batch's shape."""
+                  repeats: int = 7, warmup: int = 1, seed: int = 0, statistic: str = "median",
+                  progress=None) -> dict:
+    """The profile dict (schema version 2) for `adapted` at this batch's shape.
+
+    `statistic` summarises each plan's timed steps: "median" (DESIGN section 4), or "min", the
+    better estimate on a machine whose other load only ever slows a step down (when other jobs
+    hold the cores for more than half of the steps, every median is a contended one)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     L = adapted.num_blocks
-    timer = _StepTimer(adapted, batch, quant, repeats, warmup)
-    global_state = adapted.adapter_state()
-    adapted.model.train()
+    plans = profile_plans(L)
+    measured = measure_plans(adapted, batch, plans, quant=quant, repeats=repeats, warmup=warmup, seed=seed,
+                             progress=progress)
 
-    def tick():
-        if progress:
-            progress()
+    # -- bytes (exact) -------------------------------------------------------------------------
+    def block(plan, i):
+        return measured[plan].block_bytes[i]
 
-    depth_time, fwd0, full_bytes = [], None, None
-    for d in range(L + 1):
-        t, fwd, b = timer.measure(ClientPlan(d))
-        depth_time.append(t)
-        if d == 0:
-            fwd0 = fwd
-            head_saved_depth0 = b[1].kept_bytes
-        if d == L:
-            full_bytes = b
-        tick()
-    kept = {}
-    quant_time = {}
-    for bits in (8, 4):
-        times = [depth_time[L]]
-        for q in range(1, L + 1):
-            t, _, b = timer.measure(ClientPlan(L, q, bits))
-            times.append(t)
-            tick()
-        kept[bits] = [x.kept_bytes for x in b[0]]  # q == L: every block quantized
-        # T(L, q) - T(L, q-1) is the cost of quantizing block q-1 (bottom placement)
-        quant_time[bits] = [max(0.0, times[q + 1] - times[q]) for q in range(L)]
-    adapted.load_adapter_state(global_state)
+    full = ClientPlan(L)
+    saved_lowest = [block(ClientPlan(L - i), i).raw_bytes for i in range(L)]
+    saved = [saved_lowest[0]] + [block(full, i).raw_bytes for i in range(1, L)]
+    kept_lowest = {bits: [block(ClientPlan(L - i, L - i, bits), i).kept_bytes for i in range(L)] for bits in PROFILE_BITS}
+    kept = {bits: [kept_lowest[bits][0]] + [block(ClientPlan(L, L, bits), i).kept_bytes for i in range(1, L)]
+            for bits in PROFILE_BITS}
+    head_depth0 = measured[ClientPlan(0)].outside_bytes.kept_bytes
+    # Outside bytes do not depend on the depth once a block trains; take the largest to be safe.
+    head_saved = max(s.outside_bytes.kept_bytes for p, s in measured.items() if p.depth > 0)
 
-    block_bytes, outside = full_bytes
+    # -- times (fitted) ------------------------------------------------------------------------
+    medians = [measured[p].statistic_s(statistic) for p in plans]
+    base, backward, quant_s, fitted = fit_step_times(plans, medians, L)
+    forward = [statistics.median(t) if t else 0.0 for t in measured[ClientPlan(0)].block_forward_s]
+    if sum(forward) > base > 0:  # the fit says the fixed part is smaller than the hooks saw
+        forward = [f * base / sum(forward) for f in forward]
+    head_forward = max(0.0, base - sum(forward))
+    residuals = [(f - m) / m for f, m in zip(fitted, medians)]
+
     per_block_adapter, head_adapter = adapted.block_adapter_bytes()
     frozen = sum(p.numel() * p.element_size() for p in adapted.model.parameters())
     frozen -= sum(per_block_adapter) + head_adapter
     blocks = []
     for i in range(L):
-        depth = L - i  # depth at which block i becomes trainable
         blocks.append({
             "index": i,
-            "saved_bytes": block_bytes[i].raw_bytes,
-            "kept_bytes": {"8": kept[8][i], "4": kept[4][i]},
+            "saved_bytes": saved[i],
+            "kept_bytes": {str(bits): kept[bits][i] for bits in PROFILE_BITS},
+            "saved_bytes_lowest": saved_lowest[i],
+            "kept_bytes_lowest": {str(bits): kept_lowest[bits][i] for bits in PROFILE_BITS},
             "adapter_bytes": per_block_adapter[i],
-            "forward_s": fwd0[i],
-            "backward_s": max(0.0, depth_time[depth] - depth_time[depth - 1]),
-            "quant_s": {"8": quant_time[8][i], "4": quant_time[4][i]},
+            "forward_s": forward[i],
+            "backward_s": backward[i],
+            "quant_s": {str(bits): quant_s[bits][i] for bits in PROFILE_BITS},
         })
-    total_saved = sum(b["saved_bytes"] for b in blocks)
-    ratio = {str(bits): sum(kept[bits]) / total_saved if total_saved else 1.0 for bits in (8, 4)}
+    total_saved = sum(saved)
+    ratio = {str(bits): sum(kept[bits]) / total_saved if total_saved else 1.0 for bits in PROFILE_BITS}
     input_ids = batch["input_ids"]
     return {
         "schema_version": SCHEMA_VERSION,
@@ -172,13 +316,21 @@ def profile_model(adapted: AdaptedModel, batch: dict[str, torch.Tensor], *, quan
         "optimizer_bytes_per_trainable_byte": ADAMW_STATE_FACTOR,
         # Estimate of transient memory beyond saved activations: one block's activations being
         # rebuilt into gradients during backward.
-        "workspace_bytes": max(b["saved_bytes"] for b in blocks) if blocks else 0,
-        # Everything outside the blocks (embeddings, head forward and backward, optimizer step)
-        # is charged to the head's forward time: T(depth 0) minus the blocks' forward.
+        "workspace_bytes": max(saved) if saved else 0,
+        # Everything outside the blocks (embeddings, head forward and backward, loss, optimizer
+        # step) is in the head's forward time: the fitted fixed part minus the blocks' forward.
         "embedding_forward_s": 0.0,
-        "head": {"saved_bytes": outside.kept_bytes, "saved_bytes_depth0": head_saved_depth0,
-                 "forward_s": max(0.0, depth_time[0] - sum(fwd0)), "backward_s": 0.0},
+        "head": {"saved_bytes": head_saved, "saved_bytes_depth0": head_depth0,
+                 "forward_s": head_forward, "backward_s": 0.0},
         "kept_ratio": ratio,
         "blocks": blocks,
-        "measured_step_s": {"by_depth": depth_time},
+        "measured_step_s": {"by_depth": [medians[d] for d in range(L + 1)]},
+        "timing": {
+            "method": f"non-negative least squares on the {statistic} step time of each plan (relative error)",
+            "statistic": statistic, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
+            "plans": [{"plan": p.describe(), "depth": p.depth, "quant_layers": p.quant_layers, "bits": p.bits,
+                       "measured_s": m, "fitted_s": f} for p, m, f in zip(plans, medians, fitted)],
+            "max_abs_rel_residual": max(abs(x) for x in residuals),
+            "mean_abs_rel_residual": sum(abs(x) for x in residuals) / len(residuals),
+        },
     }

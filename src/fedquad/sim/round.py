@@ -85,7 +85,7 @@ class FederatedAlgorithm:
             if progress:
                 progress()
         new_global, agg = self.strategy.aggregate(ctx, state.global_state, outcomes, strategy_state)
-        outcomes = _mark_rejected(outcomes, agg)
+        outcomes = mark_rejected(outcomes, agg)
         strategy_state = self.strategy.observe(ctx, outcomes, strategy_state)
 
         ok_times = [o.time_s for o in outcomes if o.status == "ok"]
@@ -97,7 +97,7 @@ class FederatedAlgorithm:
             "idle_s": sum(round_s - t for t in ok_times) / max(len(ok_times), 1),
             "bytes_up": sum(o.update_bytes for o in outcomes),
             "bytes_down": sum(self.w.profile.adapter_bytes for o in outcomes if o.assignment.plan is not None),
-            "devices": [_outcome_dict(o, actual[o.device_id]) for o in outcomes],
+            "devices": [outcome_dict(o, actual[o.device_id]) for o in outcomes],
             "train_s": train_s,  # host seconds in client training (popped into the host timing by the runner)
             "aggregation": {"rejected": [r_.reasons for r_ in agg.rejected], "untouched_keys": len(agg.untouched_keys)},
         }
@@ -113,48 +113,62 @@ class FederatedAlgorithm:
     def _run_client(self, ctx: RoundContext, global_state: dict, a, device: Device) -> ClientOutcome:
         if a.plan is None:
             return ClientOutcome(a, "idle", a.reason, budget_bytes=device.budget_bytes)
-        c = self.w.config
         memory_bytes, time = self.strategy.costs(ctx, a, device)
-        predicted_saved = predicted_saved_bytes(self.w.profile, a)
-        fixed_bytes = memory_bytes - predicted_saved
-        saved_limit = device.budget_bytes - fixed_bytes  # what the device has left for activations
-        batches = iterate_batches(self.w.train_tokens, BatchConfig(c.batch_size, seed=derive_seed(
-            "batches", c.seed, a.device_id)), indices=self.w.parts[a.device_id], epoch=ctx.round_index)
-        config = LocalTrainConfig(learning_rate=c.learning_rate, local_steps=c.local_steps, quant=dataclasses.replace(
-            self.quant, bits=a.plan.bits), seed=derive_seed("train", c.seed, ctx.round_index, a.device_id) % 2**31)
-        try:
-            result = train_local(self.w.adapted, global_state, a.plan, _cycle(batches, self, a, ctx), config,
-                                 a.options, saved_limit_bytes=saved_limit)
-        except ClientOutOfMemory as exc:
-            return ClientOutcome(a, "oom", f"out of memory: {exc}", measured_bytes=fixed_bytes + exc.saved_bytes,
-                                 budget_bytes=device.budget_bytes)
-        m = result.metrics
-        measured = fixed_bytes + m.saved_kept_bytes
-        return ClientOutcome(a, "ok", "", result.update, m.examples, m.loss, measured, time.total_s,
-                             device.budget_bytes)
+        fixed_bytes = memory_bytes - predicted_saved_bytes(self.w.profile, a)
+        return train_assignment(self.w.adapted, self.w.train_tokens, self.w.parts[a.device_id], self.w.config,
+                                self.quant, ctx.round_index, global_state, a, fixed_bytes=fixed_bytes,
+                                budget_bytes=device.budget_bytes, time_s=time.total_s)
 
 
-def _cycle(first, algo: FederatedAlgorithm, a, ctx: RoundContext):
+def train_assignment(adapted, train_tokens, indices, config, quant: QuantSettings, round_index: int,
+                     global_state: dict, a, *, fixed_bytes: float, budget_bytes: float,
+                     time_s: float | None) -> ClientOutcome:
+    """Train one device's assignment on its own examples (`indices` into `train_tokens`): the client
+    half of a round, shared by the simulator and the Flower ClientApp so both train identically.
+
+    `fixed_bytes`: the predicted memory of the plan beyond saved activations (weights, adapter,
+    optimizer, workspace); the device has `budget_bytes - fixed_bytes` left for saved activations,
+    and a plan whose measured saved activations exceed that fails as out of memory. `time_s` is
+    the outcome's round time (the simulator's virtual time; a real node passes what it measured)."""
+    c = config
+    saved_limit = budget_bytes - fixed_bytes  # what the device has left for activations
+    batches = iterate_batches(train_tokens, BatchConfig(c.batch_size, seed=derive_seed(
+        "batches", c.seed, a.device_id)), indices=indices, epoch=round_index)
+    train_config = LocalTrainConfig(learning_rate=c.learning_rate, local_steps=c.local_steps, quant=dataclasses.replace(
+        quant, bits=a.plan.bits), seed=derive_seed("train", c.seed, round_index, a.device_id) % 2**31)
+    try:
+        result = train_local(adapted, global_state, a.plan,
+                             _cycle(batches, train_tokens, indices, c, a.device_id, round_index), train_config,
+                             a.options, saved_limit_bytes=saved_limit)
+    except ClientOutOfMemory as exc:
+        return ClientOutcome(a, "oom", f"out of memory: {exc}", measured_bytes=fixed_bytes + exc.saved_bytes,
+                             budget_bytes=budget_bytes)
+    m = result.metrics
+    measured = fixed_bytes + m.saved_kept_bytes
+    return ClientOutcome(a, "ok", "", result.update, m.examples, m.loss, measured, time_s, budget_bytes)
+
+
+def _cycle(first, train_tokens, indices, c, device_id: str, round_index: int):
     """Local batches, wrapping into the next epoch when a device has fewer than local_steps batches."""
     yield from first
-    c = algo.w.config
     for epoch in range(1, 1000):
-        yield from iterate_batches(algo.w.train_tokens, BatchConfig(c.batch_size, seed=derive_seed(
-            "batches", c.seed, a.device_id)), indices=algo.w.parts[a.device_id], epoch=ctx.round_index * 1000 + epoch)
+        yield from iterate_batches(train_tokens, BatchConfig(c.batch_size, seed=derive_seed(
+            "batches", c.seed, device_id)), indices=indices, epoch=round_index * 1000 + epoch)
 
 
 def predicted_saved_bytes(profile, assignment) -> float:
     """The cost model's saved-activation bytes for the assignment: the part of its memory that the
-    client measures exactly (the rest -- weights, adapter, optimizer, workspace -- is taken as predicted)."""
-    L, plan = profile.num_blocks, assignment.plan
+    client measures exactly (the rest -- weights, adapter, optimizer, workspace -- is taken as predicted).
+
+    A FedRA sub-model saves what its allocated blocks save (bypassed blocks save nothing), its
+    lowest allocated block as the lowest trainable one."""
+    from fedquad.costmodel import cost_model
     blocks = assignment.options.lora_blocks
-    trainable = sorted(blocks) if blocks is not None else list(plan.trainable_blocks(L))
-    quantized = set() if blocks is not None else set(plan.quantized_blocks(L))
-    total = sum(profile.blocks[i].kept_bytes[plan.bits] if i in quantized else profile.blocks[i].saved_bytes
-                for i in trainable)
-    head = profile.head
-    depth0 = head.saved_bytes if head.saved_bytes_depth0 is None else head.saved_bytes_depth0
-    return float(total + (head.saved_bytes if trainable else depth0))
+    if blocks is None:
+        return float(cost_model(profile).saved_bytes(assignment.plan))
+    lowest = min(blocks)
+    total = sum(profile.blocks[i].saved_bytes_lowest if i == lowest else profile.blocks[i].saved_bytes for i in blocks)
+    return float(total + profile.head.saved_bytes)
 
 
 def _copy_json(data: dict) -> dict:
@@ -162,7 +176,8 @@ def _copy_json(data: dict) -> dict:
     return json.loads(json.dumps(data))
 
 
-def _mark_rejected(outcomes: list[ClientOutcome], agg) -> list[ClientOutcome]:
+def mark_rejected(outcomes: list[ClientOutcome], agg) -> list[ClientOutcome]:
+    """Outcomes with the updates the aggregation rejected marked `rejected`, with the reasons."""
     ok_index = [i for i, o in enumerate(outcomes) if o.status == "ok"]
     out = list(outcomes)
     for rej in agg.rejected:
@@ -171,7 +186,8 @@ def _mark_rejected(outcomes: list[ClientOutcome], agg) -> list[ClientOutcome]:
     return out
 
 
-def _outcome_dict(o: ClientOutcome, device: Device) -> dict:
+def outcome_dict(o: ClientOutcome, device: Device) -> dict:
+    """One device's line of a round report (JSON-able)."""
     return {**o.assignment.to_dict(), "status": o.status, "failure": o.reason or None, "examples": o.examples,
             "loss": o.loss, "measured_bytes": o.measured_bytes, "time_s": o.time_s,
             "budget_bytes": device.budget_bytes, "device_class": device.device_class,
