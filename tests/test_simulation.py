@@ -101,6 +101,12 @@ def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
                 "dropped_device_rounds"} <= set(s)
     for f in ("comparison.md", "accuracy_vs_time.png", "memory.png"):
         assert (out / f).stat().st_size > 0
+    # re-report the same runs at another target without training again
+    assert main(["compare", "--strategies", "fedquad,fedlora", "--target-accuracy", "0.99", "--out", str(out),
+                 "--report-only", "--quiet"]) == 0
+    again = json.loads((out / "comparison.json").read_text())
+    assert again["target_accuracy"] == 0.99
+    assert again["strategies"]["fedquad"]["final_accuracy"] == report["strategies"]["fedquad"]["final_accuracy"]
 
 
 def test_bad_config_is_one_line_error(tmp_path, capsys):

@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
                    help="comma-separated strategy names, or 'all'")
     c.add_argument("--target-accuracy", type=float, default=None, help="accuracy (0-1) time-to-target is measured at")
     c.add_argument("--out", default="runs/compare", help="output folder")
+    c.add_argument("--report-only", action="store_true",
+                   help="do not run: rebuild comparison.json/.md and plots from the runs already in --out")
     c.set_defaults(func=run_compare)
 
 
@@ -71,7 +73,11 @@ def run_compare(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
         raise FedquadError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
-    report = compare(config, names, args.out, args.target_accuracy, show_progress=not args.quiet)
+    if args.report_only:
+        from fedquad.sim.compare import report_from_runs
+        report = report_from_runs(args.out, names, args.target_accuracy)
+    else:
+        report = compare(config, names, args.out, args.target_accuracy, show_progress=not args.quiet)
     from fedquad.sim.compare import markdown_table
     print(markdown_table(report))
     print(f"wrote {args.out}/comparison.json, comparison.md, accuracy_vs_time.png, memory.png")

@@ -25,18 +25,18 @@ def accuracy_at(history: list[dict], time_s: float) -> float | None:
     return evals[-1] if evals else None
 
 
-def summarize(result: RunResult, target: float | None) -> dict:
-    rounds = [h for h in result.history if h["round"] >= 0]
-    host = [h["host"] for h in result.history]
+def summarize_history(history: list[dict], clock_s: float, target: float | None) -> dict:
+    rounds = [h for h in history if h["round"] >= 0]
+    host = [h["host"] for h in history]
     train_s = sum(h["train_s"] for h in host)
     total_s = sum(h["total_s"] for h in host) + host[0]["eval_s"]  # rounds + the initial evaluation
-    evals = [h["accuracy"] for h in result.history if h.get("accuracy") is not None]
+    evals = [h["accuracy"] for h in history if h.get("accuracy") is not None]
     return {
-        "time_to_target_s": time_to_target(result.history, target),
+        "time_to_target_s": time_to_target(history, target),
         "final_accuracy": evals[-1] if evals else None,
         "best_accuracy": max(evals) if evals else None,
         "rounds": len(rounds),
-        "simulated_time_s": result.state.clock_s,
+        "simulated_time_s": clock_s,
         "mean_round_time_s": sum(h["round_time_s"] for h in rounds) / max(len(rounds), 1),
         "mean_idle_time_s": sum(h["idle_s"] for h in rounds) / max(len(rounds), 1),
         "dropped_device_rounds": sum(h["dropped"] for h in rounds),
@@ -64,10 +64,22 @@ def compare(config: SimConfig, strategies: list[str], out_dir: str, target_accur
         results[name] = simulate(config.replace(strategy=name, profile=config.profile), os.path.join(out_dir, name),
                                  workload=workload, show_progress=show_progress, plots=False)
         wall[name] = time.perf_counter() - start
-    summary = {name: {**summarize(r, target), "host_wall_s": wall[name]} for name, r in results.items()}
+    histories = {name: r.history for name, r in results.items()}
+    return write_report(config, histories, out_dir, target, wall)
+
+
+def write_report(config: SimConfig, histories: dict[str, list[dict]], out_dir: str, target: float | None,
+                 wall_s: dict[str, float] | None = None) -> dict:
+    """comparison.json/.md and plots from finished runs' histories (also: re-report at another target)."""
+    summary = {}
+    for name, history in histories.items():
+        rounds = [h for h in history if h["round"] >= 0]
+        clock = rounds[-1]["clock_s"] if rounds else 0.0
+        summary[name] = summarize_history(history, clock, target)
+        summary[name]["host_wall_s"] = (wall_s or {}).get(name, summary[name]["host_total_s"])
     common_time = min(s["simulated_time_s"] for s in summary.values())
     for name, s in summary.items():
-        s["accuracy_at_common_time"] = accuracy_at(results[name].history, common_time)
+        s["accuracy_at_common_time"] = accuracy_at(histories[name], common_time)
     ours = summary.get("fedquad", {}).get("time_to_target_s")
     for name, s in summary.items():
         s["fedquad_speedup"] = (s["time_to_target_s"] / ours
@@ -79,10 +91,25 @@ def compare(config: SimConfig, strategies: list[str], out_dir: str, target_accur
     with open(os.path.join(out_dir, "comparison.md"), "w") as f:
         f.write(markdown_table(report))
     from fedquad.sim.plots import plot_accuracy_vs_time, plot_memory
-    histories = {name: r.history for name, r in results.items()}
     plot_accuracy_vs_time(histories, os.path.join(out_dir, "accuracy_vs_time.png"), target)
     plot_memory(histories, os.path.join(out_dir, "memory.png"))
     return report
+
+
+def report_from_runs(out_dir: str, strategies: list[str], target: float | None) -> dict:
+    """Rebuild the comparison of finished runs under `out_dir` (e.g. with another target accuracy)."""
+    from fedquad.errors import FedquadError
+    from fedquad.sim.config import from_dict
+    histories, config = {}, None
+    for name in strategies:
+        path = os.path.join(out_dir, name, "history.json")
+        if not os.path.isfile(path):
+            raise FedquadError(f"no finished run of {name} in {out_dir} (missing {path})")
+        with open(path) as f:
+            histories[name] = json.load(f)
+        with open(os.path.join(out_dir, name, "config.json")) as f:
+            config = from_dict(json.load(f), path)
+    return write_report(config, histories, out_dir, target)
 
 
 def _fmt(value, spec: str, none: str = "never") -> str:
