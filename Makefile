@@ -21,5 +21,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ''
 
+# A SuperLink and three SuperNodes on loopback run three Flower rounds (docs/deployment.md).
+.PHONY: deploy-smoke
+deploy-smoke: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/deploy_smoke.py
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

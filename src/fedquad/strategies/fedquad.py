@@ -44,8 +44,11 @@ class FedQuad(Strategy):
             decisions.append(decision)
             if o.status != "ok":
                 failed.add(a.device_id)
-            if a.plan is not None and o.status in ("ok", "oom"):
-                planner_state.observe(decision, measured_time_s=o.time_s if o.status == "ok" else None,
+            # A device that timed out ("failed" with the time it was given, a lower bound of its
+            # real time; only real deployments produce these) is slowed down in the time EMA too.
+            timed_out = o.status == "failed" and o.time_s is not None
+            if a.plan is not None and (o.status in ("ok", "oom") or timed_out):
+                planner_state.observe(decision, measured_time_s=o.time_s if o.status == "ok" or timed_out else None,
                                       measured_bytes=o.measured_bytes, free_bytes=o.budget_bytes)
         planner_state.record_round(RoundPlan(tuple(decisions), 0.0, None, 0.0, ctx.num_blocks), failed=failed)
         return {**state, "planner": planner_state.to_dict()}
