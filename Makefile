@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/fedquad demo
 
+# One torch thread per process: the tests start several processes at once (Flower SuperNodes) and
+# use tiny models, where a second thread spin-waiting on a busy core costs far more than it gains.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m ''
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m ''
 
 # A SuperLink and three SuperNodes on loopback run three Flower rounds (docs/deployment.md).
 .PHONY: deploy-smoke

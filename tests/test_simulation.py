@@ -22,9 +22,15 @@ def tiny_config(tmp_path_factory) -> SimConfig:
     base = SimConfig(model="tiny-bert", task="synthetic", train_examples=480, eval_examples=64, max_len=24,
                      batch_size=8, rounds=2, clients_per_round=6, local_steps=2, eval_every=1,
                      scenario="jetson-headroom", seed=3)
-    run = tmp_path_factory.mktemp("profile")
-    simulate(base.replace(rounds=1, strategy="fedlora-uniform"), str(run), show_progress=False, plots=False)
-    return base.replace(profile=str(run / "profile.json"))
+    return base.replace(profile=quick_profile(tmp_path_factory.mktemp("profile"), "tiny-bert", 8, 24))
+
+
+def quick_profile(folder, model: str, batch_size: int, seq_len: int) -> str:
+    """A cost-model profile measured with one repeat: the clock only needs plausible times here."""
+    path = str(folder / "profile.json")
+    assert main(["profile", "--model", model, "--batch-size", str(batch_size), "--seq-len", str(seq_len),
+                 "--repeats", "1", "--warmup", "1", "--out", path]) == 0
+    return path
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -123,6 +129,7 @@ def test_causal_lm_task_runs_through_simulate_and_compare(tmp_path):
     config = SimConfig(model="tiny-llama-lm", task="synthetic-lm", train_examples=240, eval_examples=32, max_len=24,
                        batch_size=8, rounds=2, clients_per_round=4, local_steps=2, eval_every=1,
                        scenario="jetson-headroom", seed=1)
+    config = config.replace(profile=quick_profile(tmp_path, "tiny-llama-lm", 8, 24))
     from fedquad.sim.compare import compare
     report = compare(config, ["fedquad", "fedlora-uniform"], str(tmp_path), target_accuracy=0.5, show_progress=False)
     for name in ("fedquad", "fedlora-uniform"):
