@@ -45,6 +45,8 @@ class SimConfig:
     int8_penalty: float = field(default=0.05, metadata={"help": "FedQuad utility penalty per int8 block"})
     int4_penalty: float = field(default=0.2, metadata={"help": "FedQuad utility penalty per int4 block"})
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
+    quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
+        "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
     group_size: int = field(default=64, metadata={"help": "quantization group size"})
     seed: int = field(default=0, metadata={"help": "seed of data split, device draw, sampling and training"})
 
@@ -64,6 +66,9 @@ class SimConfig:
             raise FedquadError(f"config target_accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise FedquadError(f"config time_budget_s must be > 0, got {self.time_budget_s}")
+        object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list
+        if not self.quant_bits or any(b not in (4, 8) for b in self.quant_bits):
+            raise FedquadError(f"config quant_bits must be a non-empty subset of [8, 4], got {list(self.quant_bits)}")
         if self.placement not in ("bottom", "top"):
             raise FedquadError(f"config placement must be bottom or top, got {self.placement!r}")
 

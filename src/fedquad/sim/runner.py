@@ -33,7 +33,8 @@ def make_strategy(config: SimConfig):
     from fedquad.planner import PlannerConfig
     if config.strategy in ("fedquad", "depth-only"):
         planner = PlannerConfig(int8_penalty=config.int8_penalty, int4_penalty=config.int4_penalty,
-                                coverage_rounds=config.coverage_rounds, placement=config.placement)
+                                coverage_rounds=config.coverage_rounds, placement=config.placement,
+                                bits=config.quant_bits)
         return get_strategy(config.strategy, planner=planner)
     return get_strategy(config.strategy)
 
