@@ -138,3 +138,5 @@ def test_causal_lm_task_runs_through_simulate_and_compare(tmp_path):
         assert {"loss", "perplexity", "accuracy"} <= set(last["eval"])
         assert any(d["status"] == "ok" for h in history[1:] for d in h["devices"])
         assert report["strategies"][name]["rounds"] == 2
+    first = [json.loads((tmp_path / n / "history.json").read_text())[0]["eval"] for n in ("fedquad", "fedlora-uniform")]
+    assert first[0] == first[1], "every strategy must start from the same initial adapter"

@@ -179,6 +179,7 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
 def reference_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettings, seed: int = 0):
     """(step seconds, gradients) of the same depth with no quantized block."""
     unquantized = ClientPlan(plan.depth, 0, plan.bits, plan.placement)
+    adapted.model.train()  # dropout as in the measured step (a freshly loaded model is in eval mode)
     with PlanRuntime(adapted, unquantized, quant, seed=seed) as runtime:
         seconds = _timed_step(adapted, runtime, batch, seed)
         return seconds, _grads(runtime)

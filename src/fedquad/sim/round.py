@@ -55,7 +55,10 @@ class FederatedAlgorithm:
 
     # -- FedJAX-style API ----------------------------------------------------------------------
     def init(self) -> RoundState:
-        return RoundState(0, 0.0, self.w.adapted.adapter_state(), self.strategy.init_state(self.w.adapted.num_blocks))
+        # the workload's initial adapter, not the model's current one: a shared model (compare, the
+        # Flower server) holds whatever the last client trained
+        state = {k: v.clone() for k, v in self.w.initial_state.items()}
+        return RoundState(0, 0.0, state, self.strategy.init_state(self.w.adapted.num_blocks))
 
     def sample_clients(self, round_index: int) -> list[Device]:
         """The devices taking part in `round_index` (same for every strategy: seeded by round only)."""

@@ -29,6 +29,11 @@ class Workload:
     profile: Profile
     scenario: Scenario
     devices: list[Device]  # as drawn (nominal), local_steps and data weights set
+    initial_state: dict = None  # the adapter as initialised: every run (and every strategy) starts here
+
+    def __post_init__(self) -> None:
+        if self.initial_state is None:  # taken before anyone trains: the shared model changes later
+            self.initial_state = self.adapted.adapter_state()
 
     @property
     def device_ids(self) -> list[str]:
