@@ -115,6 +115,12 @@ def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
     assert again["strategies"]["fedquad"]["final_accuracy"] == report["strategies"]["fedquad"]["final_accuracy"]
 
 
+def test_profile_group_size_must_match(tiny_config, tmp_path):
+    from fedquad.errors import FedquadError
+    with pytest.raises(FedquadError, match="group size"):
+        simulate(tiny_config.replace(group_size=32), str(tmp_path), show_progress=False, plots=False)
+
+
 def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert main(["simulate", "--set", "rounds=0", "--out", str(tmp_path)]) == 2
     assert "rounds" in capsys.readouterr().err

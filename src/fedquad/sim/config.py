@@ -47,7 +47,8 @@ class SimConfig:
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
         "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
-    group_size: int = field(default=64, metadata={"help": "quantization group size"})
+    group_size: int = field(default=128, metadata={
+        "help": "quantization group size; must match the profile's (the shipped profiles use 128)"})
     seed: int = field(default=0, metadata={"help": "seed of data split, device draw, sampling and training"})
 
     def __post_init__(self) -> None:

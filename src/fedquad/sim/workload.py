@@ -80,6 +80,10 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None, *, repeats:
 def build_workload(config: SimConfig, out_dir: str | None = None) -> Workload:
     adapted, train_tokens, eval_tokens, labels = load_model_and_data(config)
     profile = resolve_profile(config, adapted, out_dir)
+    if profile.group_size != config.group_size:
+        raise FedquadError(f"the profile was measured at quantization group size {profile.group_size}, the config "
+                           f"uses {config.group_size}: kept bytes would be mispredicted; set group_size="
+                           f"{profile.group_size} or measure a profile at {config.group_size}")
     if profile.num_blocks != adapted.num_blocks:
         raise FedquadError(f"profile is for {profile.num_blocks} blocks, {config.model} has {adapted.num_blocks}")
     scenario = load_scenario(config.scenario)
