@@ -439,3 +439,41 @@ def test_only_the_flower_package_imports_flower():
     offenders = [str(p.relative_to(src)) for p in src.rglob("*.py")
                  if p.parent.name != "flower" and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_causal_lm_round_through_server_and_client_handlers(tmp_path, monkeypatch):
+    """Decoders on the Flower app: the ServerApp's round and the ClientApp's train handler, in process."""
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedquad.flower.clientapp import train
+    from fedquad.flower.serverapp import FedquadServer
+    from fedquad.flower.settings import ServerSettings
+    from fedquad.sim.config import SimConfig
+
+    for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    profile = str(tmp_path / "profile.json")
+    from fedquad.cli.main import main
+    assert main(["profile", "--model", "tiny-llama-lm", "--batch-size", "4", "--seq-len", "24", "--repeats", "1",
+                 "--warmup", "1", "--out", profile]) == 0
+    config = SimConfig(model="tiny-llama-lm", task="synthetic-lm", train_examples=120, eval_examples=16, max_len=24,
+                       batch_size=4, local_steps=1, rounds=1, profile=profile)
+    server = FedquadServer(config, ServerSettings(round_timeout=30.0), str(tmp_path / "run"))
+    full = 2 * server.profile.frozen_weight_bytes / 2**20 + 400
+    nodes = {21: {"partition-id": 0, "num-partitions": 2, "memory-budget-mb": full, "speed": 1.0, "device-id": "a"},
+             22: {"partition-id": 1, "num-partitions": 2, "memory-budget-mb": full, "speed": 2.0, "device-id": "b"}}
+    sent = server.configure_round(_Grid(nodes))
+    _push(sent)
+    replies = [train(m, Context(7, m.metadata.dst_node_id, nodes[m.metadata.dst_node_id], RecordDict(), {}))
+               for m in sent]
+    for r in replies:
+        r.metadata.__dict__["_src_node_id"] = [m for m in sent if m.metadata.message_id == r.metadata.reply_to_message_id][0].metadata.dst_node_id
+    before = dict(server.state.global_state)
+    new_global, _ = server.aggregate_round(replies)
+    devices = {d["device_id"]: d for d in server.pending_report["devices"]}
+    assert all(d["status"] == "ok" for d in devices.values()), devices
+    assert any(not torch.equal(before[k], new_global[k]) for k in before)
+    server.evaluate_fn(1, None)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert {"loss", "perplexity"} <= set(history[-1]["eval"])

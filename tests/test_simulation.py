@@ -146,3 +146,24 @@ def test_causal_lm_task_runs_through_simulate_and_compare(tmp_path):
         assert report["strategies"][name]["rounds"] == 2
     first = [json.loads((tmp_path / n / "history.json").read_text())[0]["eval"] for n in ("fedquad", "fedlora-uniform")]
     assert first[0] == first[1], "every strategy must start from the same initial adapter"
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["task=/no/such/file.tsv"], "no such file"),
+    (["train_examples=5", "model=minilm", "profile=minilm-b16-s64"], "devices"),
+    (["target_accuracy=1.5"], "target_accuracy"),
+    (["strategy=fedavg"], "unknown strategy"),
+])
+def test_bad_input_fails_in_one_line_before_any_checkpoint(tmp_path, capsys, overrides, needle):
+    out = tmp_path / "run"
+    assert main(["simulate", *[f"--set={o}" for o in overrides], "--out", str(out), "--quiet"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not progress bars
+    assert len(errors) == 1 and needle in errors[0].lower(), errors
+    assert not (out / "checkpoint").exists()
+
+
+def test_data_file_without_label_column_is_refused(tmp_path, capsys):
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tscore\nhello there\t1\n")
+    assert main(["simulate", f"--set=task={data}", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "label" in capsys.readouterr().err.lower()

@@ -14,8 +14,8 @@ DEMO_STRATEGIES = "fedquad,fedlora,depth-only"
 # Small enough for a few minutes on a 2-core CPU; the reference benchmark (benchmarks/sst2_reference)
 # is the full-size comparison.
 DEMO_SETTINGS = {"model": "minilm", "task": "synthetic", "scenario": "jetson-mixed", "profile": "minilm-b16-s64",
-                 "rounds": 8, "clients_per_round": 6, "local_steps": 3, "eval_every": 2, "train_examples": 2000,
-                 "eval_examples": 300, "learning_rate": 0.002}
+                 "rounds": 10, "clients_per_round": 6, "local_steps": 5, "eval_every": 2, "train_examples": 2000,
+                 "eval_examples": 300, "learning_rate": 0.001, "partition_alpha": 1.0}
 
 
 def add_parser(sub) -> None:

@@ -126,7 +126,7 @@ def markdown_table(report: dict) -> str:
     for name, s in report["strategies"].items():
         pct = lambda v: _fmt(v if v is None else 100 * v, ".1f", "-")  # noqa: E731
         lines.append(
-            f"| {name} | {_fmt(s['time_to_target_s'], '.0f')} | {_fmt(s['fedquad_speedup'], '.2f', '-')}x | "
+            f"| {name} | {_fmt(s['time_to_target_s'], '.0f', 'never' if target is not None else '-')} | {_fmt(s['fedquad_speedup'], '.2f', '-')}x | "
             f"{pct(s['final_accuracy'])} | {pct(s['accuracy_at_common_time'])} | {pct(s['best_accuracy'])} | "
             f"{s['rounds']} | {s['mean_round_time_s']:.1f} | {s['mean_idle_time_s']:.1f} | "
             f"{s['dropped_device_rounds']}/{s['device_rounds']} | {s['bytes_up'] / 1e6:.1f} | "

@@ -70,6 +70,9 @@ class SimConfig:
         object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list
         if not self.quant_bits or any(b not in (4, 8) for b in self.quant_bits):
             raise FedquadError(f"config quant_bits must be a non-empty subset of [8, 4], got {list(self.quant_bits)}")
+        from fedquad.strategies import STRATEGIES  # pure Python: no torch
+        if self.strategy not in STRATEGIES:
+            raise FedquadError(f"config strategy: unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.placement not in ("bottom", "top"):
             raise FedquadError(f"config placement must be bottom or top, got {self.placement!r}")
 
