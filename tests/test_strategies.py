@@ -101,3 +101,17 @@ def test_fedquad_observe_learns_from_measurements():
                          time_s=3 * a.predicted_time_s, budget_bytes=devices()[2].budget_bytes)
     state = s.observe(ctx(), [slow], state)
     assert state["planner"]["devices"]["d2"]["time_ratio"] > 1.0
+
+
+def test_depth_zero_sits_out_when_the_head_is_frozen():
+    data = synthetic_profile(6)
+    data["head_adapter_bytes"] = 0  # a causal LM: its tied LM head does not train
+    frozen = profile_from_dict(data)
+    c = RoundContext(0, frozen, seed=1, lora_rank=8)
+    weak = Device("weak", "t", int(cost_model(frozen).head_only_bytes() * 1.01), 1.0, 1e6, 1e6, 5, 100.0)
+    strong = Device("strong", "t", int(cost_model(frozen).full_footprint_bytes() * 1.2), 1.0, 1e6, 1e6, 5, 100.0)
+    for name in ("fedquad", "depth-only", "fedra"):
+        s = get_strategy(name)
+        out = {a.device_id: a for a in s.configure(c, [weak, strong], s.init_state(6))}
+        assert out["weak"].plan is None and "trains nothing" in out["weak"].reason, name
+        assert out["strong"].plan is not None and out["strong"].plan.depth > 0, name

@@ -77,6 +77,11 @@ class RoundContext:
         return self.profile.num_blocks
 
     @property
+    def head_trains(self) -> bool:
+        """False when depth 0 trains nothing (a causal LM's tied LM head stays frozen)."""
+        return self.profile.head_adapter_bytes > 0
+
+    @property
     def cost_model(self) -> CostModel:
         return cost_model(self.profile)
 
@@ -135,3 +140,11 @@ def deepest_fitting_depth(ctx: RoundContext, budget_bytes: float) -> int | None:
     cm = ctx.cost_model
     fits = [d for d in range(ctx.num_blocks + 1) if cm.memory_bytes(ClientPlan(d)) <= budget_bytes]
     return max(fits) if fits else None
+
+
+def sit_out_if_useless(ctx: RoundContext, a: Assignment) -> Assignment:
+    """A depth-0 plan on a model whose head does not train would only cost the round its download."""
+    if a.plan is not None and a.plan.depth == 0 and not a.options.lora_blocks and not ctx.head_trains:
+        return Assignment(a.device_id, None, reason="sits out: only depth 0 fits, and depth 0 trains nothing "
+                                                    "here (the LM head is frozen)")
+    return a

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from fedquad.devices import Device
 from fedquad.planner import DeviceDecision, PlannerConfig, PlannerState, RoundPlan, plan_round
-from fedquad.strategies.base import Assignment, ClientOutcome, RoundContext, Strategy
+from fedquad.strategies.base import Assignment, ClientOutcome, RoundContext, Strategy, sit_out_if_useless
 
 
 class FedQuad(Strategy):
@@ -29,8 +29,8 @@ class FedQuad(Strategy):
         planner_state = PlannerState.from_dict(state["planner"])
         plan = plan_round(devices, ctx.profile, self.planner, planner_state)
         state["last"] = {d.device_id: [d.time_ratio, d.memory_ratio] for d in plan.decisions}
-        return [Assignment(d.device_id, d.plan, d.predicted_bytes, d.predicted_time_s, d.reason)
-                for d in plan.decisions]
+        return [sit_out_if_useless(ctx, Assignment(d.device_id, d.plan, d.predicted_bytes, d.predicted_time_s,
+                                                    d.reason)) for d in plan.decisions]
 
     def observe(self, ctx: RoundContext, outcomes: Sequence[ClientOutcome], state: dict) -> dict:
         """Fold measured time, memory and free memory into the planner's moving averages."""

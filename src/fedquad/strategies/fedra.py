@@ -15,7 +15,7 @@ from typing import Sequence
 from fedquad.plan import ClientPlan, TrainOptions, plan_depth_for_blocks
 from fedquad.costmodel import RoundTimeBreakdown
 from fedquad.devices import Device
-from fedquad.strategies.base import Assignment, RoundContext, Strategy, deepest_fitting_depth
+from fedquad.strategies.base import Assignment, RoundContext, Strategy, deepest_fitting_depth, sit_out_if_useless
 
 
 class FedRA(Strategy):
@@ -31,7 +31,10 @@ class FedRA(Strategy):
                 out.append(Assignment(dev.device_id, None, reason="cannot take part: not even the head fits"))
                 continue
             if n == 0:
-                a = Assignment(dev.device_id, ClientPlan(0), reason="head only: no block fits")
+                a = sit_out_if_useless(ctx, Assignment(dev.device_id, ClientPlan(0), reason="head only: no block fits"))
+                if a.plan is None:
+                    out.append(a)
+                    continue
             else:
                 blocks = tuple(sorted(ctx.rng("fedra", dev.device_id).sample(range(L), n)))
                 a = Assignment(dev.device_id, ClientPlan(plan_depth_for_blocks(blocks, L)),
