@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
                                    "with predicted memory and time from a profile made by `fedquad profile`.")
     p.add_argument("--scenario", required=True,
                    help="shipped scenario name (jetson-small, jetson-mixed, laptops) or a scenario JSON file")
-    p.add_argument("--profile", required=True, help="profile JSON written by `fedquad profile`")
+    p.add_argument("--profile", required=True, help="profile JSON written by `fedquad profile`, or a shipped profile name (minilm-b16-s64)")
     p.add_argument("--round", type=non_negative_int, default=0, help="round whose device state to plan for")
     p.add_argument("--seed", type=int, default=None, help="seed of the device draw and dynamics (default: scenario's)")
     p.add_argument("--no-quant", action="store_true", help="never quantize saved activations (depth-only baseline)")
