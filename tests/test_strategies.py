@@ -115,3 +115,18 @@ def test_depth_zero_sits_out_when_the_head_is_frozen():
         out = {a.device_id: a for a in s.configure(c, [weak, strong], s.init_state(6))}
         assert out["weak"].plan is None and "trains nothing" in out["weak"].reason, name
         assert out["strong"].plan is not None and out["strong"].plan.depth > 0, name
+
+
+def test_memory_ratio_measured_on_one_device_is_the_prior_of_unmeasured_ones():
+    from fedquad.planner import PlannerConfig, PlannerState
+    s = get_strategy("fedquad")
+    state = s.init_state(6)
+    out = {a.device_id: a for a in s.configure(ctx(), devices(), state)}
+    a = out["d2"]
+    half = ClientOutcome(a, "ok", update={}, examples=10, measured_bytes=0.5 * a.predicted_bytes,
+                         time_s=a.predicted_time_s, budget_bytes=devices()[2].budget_bytes)
+    state = s.observe(ctx(), [half], state)
+    planner = PlannerState.from_dict(state["planner"])
+    assert planner.corrections("never-seen")[1] < 1.0  # learned from d2
+    off = PlannerState.for_config(6, PlannerConfig(share_memory_ratio=False))
+    assert off.corrections("never-seen")[1] == 1.0

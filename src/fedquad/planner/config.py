@@ -61,6 +61,9 @@ class PlannerConfig:
     ema_alpha: float = field(default=0.3, metadata={
         "help": "weight of the newest measurement in the per-device measured/predicted EMA "
                 "(PlannerState.for_config uses it)"})
+    share_memory_ratio: bool = field(default=True, metadata={
+        "help": "a device not yet measured starts from the measured/predicted memory ratio seen on all devices "
+                "(False = it starts at 1.0, the cost model believed)"})
     prune_dominated: bool = field(default=True, metadata={
         "help": "the greedy skips depths whose efficient plan is worth no more than a shallower, faster one "
                 "(False = walk every depth, as DESIGN section 5 literally says)"})

@@ -24,11 +24,16 @@ class DeviceStats:
 
 
 class PlannerState:
-    def __init__(self, num_blocks: int, ema_alpha: float = 0.3):
+    def __init__(self, num_blocks: int, ema_alpha: float = 0.3, share_memory_ratio: bool = True):
         if not 0 < ema_alpha <= 1:
             raise FedquadError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
         self.num_blocks = num_blocks
         self.ema_alpha = ema_alpha
+        # EMA of measured/predicted memory over every device: the prior of a device not yet measured.
+        # The profile's error is mostly the workload's (e.g. real batches shorter than the profiled
+        # length), which every device shares; without it a device that never trains never learns.
+        self.share_memory_ratio = share_memory_ratio
+        self.shared_memory_ratio = 1.0
         self.devices: dict[str, DeviceStats] = {}
         self.rounds_without_trainer = [0] * num_blocks
         self.rounds_recorded = 0
@@ -36,12 +41,12 @@ class PlannerState:
     @classmethod
     def for_config(cls, num_blocks: int, config) -> "PlannerState":
         """A fresh state using config.ema_alpha (a PlannerConfig)."""
-        return cls(num_blocks, config.ema_alpha)
+        return cls(num_blocks, config.ema_alpha, getattr(config, "share_memory_ratio", True))
 
     def corrections(self, device_id: str) -> tuple[float, float, float | None]:
         """(time_ratio, memory_ratio, free_bytes) to apply when planning this device."""
         s = self.devices.get(device_id)
-        return (1.0, 1.0, None) if s is None else (s.time_ratio, s.memory_ratio, s.free_bytes)
+        return (1.0, self.shared_memory_ratio, None) if s is None else (s.time_ratio, s.memory_ratio, s.free_bytes)
 
     def _ema(self, old: float | None, sample: float) -> float:
         return sample if old is None else (1 - self.ema_alpha) * old + self.ema_alpha * sample
@@ -54,7 +59,7 @@ class PlannerState:
         measured / raw cost-model prediction: the EMA tracks the model's error, not its own.
         Ratios start at 1.0 (the model is believed until measurements say otherwise); free memory
         starts at the first report."""
-        s = self.devices.setdefault(decision.device_id, DeviceStats())
+        s = self.devices.setdefault(decision.device_id, DeviceStats(memory_ratio=self.shared_memory_ratio))
         for name, value in (("measured_time_s", measured_time_s), ("measured_bytes", measured_bytes),
                             ("free_bytes", free_bytes)):
             if value is not None and (not math.isfinite(value) or value < 0):
@@ -65,6 +70,8 @@ class PlannerState:
         if measured_bytes is not None and decision.predicted_bytes:
             raw = decision.predicted_bytes / decision.memory_ratio
             s.memory_ratio = self._ema(s.memory_ratio, measured_bytes / raw)
+            if self.share_memory_ratio:
+                self.shared_memory_ratio = self._ema(self.shared_memory_ratio, measured_bytes / raw)
         if free_bytes is not None:
             s.free_bytes = self._ema(s.free_bytes, free_bytes)
         s.observations += 1
@@ -79,6 +86,7 @@ class PlannerState:
 
     def to_dict(self) -> dict:
         return {"num_blocks": self.num_blocks, "ema_alpha": self.ema_alpha, "rounds_recorded": self.rounds_recorded,
+                "share_memory_ratio": self.share_memory_ratio, "shared_memory_ratio": self.shared_memory_ratio,
                 "rounds_without_trainer": list(self.rounds_without_trainer),
                 "devices": {k: {"time_ratio": s.time_ratio, "memory_ratio": s.memory_ratio,
                                 "free_bytes": s.free_bytes, "observations": s.observations}
@@ -87,7 +95,8 @@ class PlannerState:
     @classmethod
     def from_dict(cls, data: dict) -> "PlannerState":
         try:
-            state = cls(int(data["num_blocks"]), float(data["ema_alpha"]))
+            state = cls(int(data["num_blocks"]), float(data["ema_alpha"]), bool(data.get("share_memory_ratio", True)))
+            state.shared_memory_ratio = float(data.get("shared_memory_ratio", 1.0))
             state.rounds_recorded = int(data.get("rounds_recorded", 0))
             counters = [int(n) for n in data["rounds_without_trainer"]]
             if len(counters) != state.num_blocks:
