@@ -53,6 +53,7 @@ from typing import ClassVar, Iterable
 import numpy as np
 import torch
 
+from fedquad.datasets.loaders import checked_labels
 from fedquad.datasets.batching import TokenizedData
 from fedquad.errors import FedquadError
 
@@ -74,19 +75,13 @@ class CausalLMData:
     is_causal: ClassVar[bool] = True  # what `tokenize` and `load_task` dispatch on
 
     def __post_init__(self) -> None:
-        labels = np.asarray(self.labels, dtype=np.int64)
-        labels.setflags(write=False)
-        object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "responses", tuple(self.responses))
         object.__setattr__(self, "label_names", tuple(self.label_names))
         if len(self.prompts) != len(self.responses):
             raise ValueError(f"{len(self.prompts)} prompts but {len(self.responses)} responses")
-        if labels.shape != (len(self.responses),):
-            raise ValueError(f"{len(self.responses)} examples but categories of shape {labels.shape}")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.label_names)):
-            raise FedquadError(f"{self.source or 'data'}: category {int(labels.max())} has no name "
-                               f"(categories: {', '.join(self.label_names)})")
+        object.__setattr__(self, "labels", checked_labels(self.labels, len(self.responses), self.label_names,
+                                                          self.source, "category"))
 
     def __len__(self) -> int:
         return len(self.responses)

@@ -35,6 +35,20 @@ DEFAULT_PAIR_COLUMNS = {"sentence1": "sentence2", "#1 String": "#2 String", "que
 DEFAULT_LABEL_COLUMNS = ("label", "Quality", "labels", "gold_label")
 
 
+def checked_labels(labels, count: int, names, source: str, what: str) -> np.ndarray:
+    """Labels as a read-only int64 array, one per example, each the index of an entry of `names`.
+
+    Read-only because partitions and token caches share the array: nobody may edit it in place."""
+    labels = np.asarray(labels, dtype=np.int64)
+    labels.setflags(write=False)
+    if labels.shape != (count,):
+        raise ValueError(f"{count} examples but {what}s of shape {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
+        raise FedquadError(f"{source or 'data'}: {what} {int(labels.max())} has no name "
+                           f"({what} names: {', '.join(names)})")
+    return labels
+
+
 @dataclass(frozen=True, eq=False)
 class TextClassificationData:
     """Texts (or text pairs) with integer labels 0..num_labels-1. Immutable; `labels` is read-only."""
@@ -46,19 +60,13 @@ class TextClassificationData:
     source: str = field(default="", metadata={"help": "where the data came from, for messages"})
 
     def __post_init__(self) -> None:
-        labels = np.asarray(self.labels, dtype=np.int64)
-        labels.setflags(write=False)  # shared by partitions and caches: nobody may edit it in place
-        object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "texts", tuple(self.texts))
         if self.text_pairs is not None:
             object.__setattr__(self, "text_pairs", tuple(self.text_pairs))
             if len(self.text_pairs) != len(self.texts):
                 raise ValueError(f"{len(self.texts)} texts but {len(self.text_pairs)} text pairs")
-        if labels.shape != (len(self.texts),):
-            raise ValueError(f"{len(self.texts)} texts but labels of shape {labels.shape}")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(self.label_names)):
-            raise FedquadError(f"{self.source or 'data'}: label {int(labels.max())} has no name "
-                               f"(label names: {', '.join(self.label_names)})")
+        object.__setattr__(self, "labels", checked_labels(self.labels, len(self.texts), self.label_names,
+                                                          self.source, "label"))
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -22,6 +22,14 @@ from fedquad.sim.round import RoundState
 CHECKPOINT_VERSION = 1
 
 
+def write_json_atomic(path: str, data) -> None:
+    """Write JSON to a temporary sibling and rename it: readers never see half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(run_dir: str, state: RoundState, config: dict, history: list[dict]) -> str:
     final = os.path.join(run_dir, "checkpoint")
     tmp, old = final + ".tmp", final + ".old"

@@ -3,13 +3,12 @@ bar, a checkpoint after every round, `history.json` and plots in the run folder.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 
 from fedquad.errors import FedquadError
-from fedquad.sim.checkpoint import load_checkpoint, save_checkpoint
+from fedquad.sim.checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
 from fedquad.sim.config import SimConfig, from_dict
 from fedquad.sim.round import FederatedAlgorithm, RoundState
 from fedquad.sim.workload import Workload, build_workload
@@ -39,13 +38,6 @@ def make_strategy(config: SimConfig):
     return get_strategy(config.strategy)
 
 
-def _write_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _finished(config: SimConfig, state: RoundState) -> bool:
     return state.round_index >= config.rounds or (
         config.time_budget_s is not None and state.clock_s >= config.time_budget_s)
@@ -65,12 +57,12 @@ def simulate(config: SimConfig, run_dir: str | None = None, *, resume: bool = Fa
         config = from_dict(saved_config, f"{run_dir}/checkpoint")
     if run_dir is not None:
         os.makedirs(run_dir, exist_ok=True)
-        _write_json(os.path.join(run_dir, "config.json"), config.to_dict())
+        write_json_atomic(os.path.join(run_dir, "config.json"), config.to_dict())
     if workload is None:
         workload = build_workload(config, run_dir)
         if config.profile is None and run_dir is not None:  # measured now: pin it for resumes
             config = config.replace(profile=os.path.abspath(os.path.join(run_dir, "profile.json")))
-            _write_json(os.path.join(run_dir, "config.json"), config.to_dict())
+            write_json_atomic(os.path.join(run_dir, "config.json"), config.to_dict())
     workload.config = config
     algo = FederatedAlgorithm(workload, make_strategy(config))
     if not resume:
@@ -100,12 +92,12 @@ def simulate(config: SimConfig, run_dir: str | None = None, *, resume: bool = Fa
             if run_dir is not None:
                 ck_start = time.perf_counter()
                 save_checkpoint(run_dir, state, config.to_dict(), history)
-                _write_json(os.path.join(run_dir, "history.json"), history)
+                write_json_atomic(os.path.join(run_dir, "history.json"), history)
                 report["host"]["total_s"] += time.perf_counter() - ck_start  # in the final history.json
             bar.round_done(report)
             rounds_run += 1
     if run_dir is not None:
-        _write_json(os.path.join(run_dir, "history.json"), history)
+        write_json_atomic(os.path.join(run_dir, "history.json"), history)
         if plots:
             from fedquad.sim.plots import plot_accuracy_vs_time, plot_memory
             plot_accuracy_vs_time({config.strategy: history}, os.path.join(run_dir, "accuracy_vs_time.png"),
