@@ -78,16 +78,17 @@ def _clientapps(proc) -> set[int]:
         return set()
 
 
-def _wait_for_message(fed, run_id: int, proc, nth: int, what: str, timeout: float) -> None:
-    """Wait until `proc` handles its `nth` message of the run (1: the profile query, 2: round 0, ...)."""
-    seen: set[int] = set()
+def _train_messages_received(proc) -> int:
+    """How many train messages the SuperNode `proc` has pulled, from its own log. (Counting
+    ClientApp PIDs instead was flaky: a ClientApp's short-lived forks carry its command line.)"""
+    return proc.log_tail(10**7).count("Receiving: train message")
 
-    def handling_nth() -> bool:
-        now = _clientapps(proc)
-        seen.update(now)
-        return len(seen) >= nth and bool(now)
 
-    _wait(fed, run_id, handling_nth, what, timeout)
+def _wait_for_training(fed, run_id: int, proc, nth: int, what: str, timeout: float) -> None:
+    """Wait until `proc` has pulled its `nth` train message (1: round 0, 2: round 1, ...) and runs
+    a ClientApp for it, so a kill lands while the node trains."""
+    _wait(fed, run_id, lambda: _train_messages_received(proc) >= nth, what, timeout)
+    _wait(fed, run_id, lambda: bool(_clientapps(proc)), f"{what} (ClientApp start)", 120)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def deployment(tmp_path_factory):
         config = {**WORKLOAD, "run-dir": str(run_dir), "min-nodes": len(NODES)}
         run1 = fed.run_app(app_dir, config)
         run_ids.append(run1)
-        _wait_for_message(fed, run1, out.procs[KILLED], 3, f"{KILLED} training round 1", 420)
+        _wait_for_training(fed, run1, out.procs[KILLED], 2, f"{KILLED} training round 1", 420)
         assert _rounds_done(run_dir) == 1
         fed.kill(out.procs[KILLED])  # `kill <pid>` (SIGTERM) the SuperNode and its ClientApp, mid-round
         _wait(fed, run1, lambda: _rounds_done(run_dir) >= 3, "round 2", 420)
@@ -260,7 +261,7 @@ def test_crashed_supernode_is_detected_by_flower_heartbeat(tmp_path):
                                                "memory-budget-fraction": 1.1}) for i in range(2)]
         run = fed.run_app(write_app_dir(tmp_path / "app"), {**WORKLOAD, "rounds": 2, "run-dir": str(run_dir),
                                                              "min-nodes": 2, "save-every-round": False})
-        _wait_for_message(fed, run, procs[1], 2, "n1 training round 0", 420)
+        _wait_for_training(fed, run, procs[1], 1, "n1 training round 0", 420)
         fed.kill(procs[1], signal.SIGKILL)
         assert fed.wait_run(run, timeout=420) == "finished:completed"
         rounds = _rounds(json.loads((run_dir / "history.json").read_text()))
