@@ -337,3 +337,29 @@ def test_thousand_devices_fast():
     start = time.perf_counter()
     plan_round(devices, profile)
     assert time.perf_counter() - start < 1.0  # the benchmark's 10,000 x 32 goal, with 10x slack for CI noise
+
+
+def test_memory_margin_plans_above_the_mean_ratio_by_its_scatter():
+    profile = profile_from_dict(synthetic_profile())
+    full = cost_model(profile).full_footprint_bytes()
+    devices = _devices(2, int(full))
+    plain = PlannerState.for_config(profile.num_blocks, PlannerConfig(ema_alpha=0.5))
+    careful = PlannerState.for_config(profile.num_blocks, PlannerConfig(ema_alpha=0.5, memory_margin=2.0))
+    for state in (plain, careful):
+        d0 = plan_round(devices, profile, state=state).decisions[0]
+        state.observe(d0, measured_bytes=d0.predicted_bytes / d0.memory_ratio * 1.2)
+    # same mean ratio (1.1) and deviation (0.5 * |1.2 - 1.0| = 0.1); only the margin differs
+    for state in (plain, careful):
+        assert state.devices["d0"].memory_ratio == pytest.approx(1.1)
+        assert state.devices["d0"].memory_ratio_dev == pytest.approx(0.1)
+    assert plain.corrections("d0")[1] == pytest.approx(1.1)
+    assert careful.corrections("d0")[1] == pytest.approx(1.3)
+    assert careful.corrections("unseen")[1] == pytest.approx(1.1 + 2 * 0.1)  # the shared prior has a margin too
+    tight = plan_round(devices, profile, state=careful).decisions[0]
+    loose = plan_round(devices, profile, state=plain).decisions[0]
+    assert tight.memory_ratio == pytest.approx(1.3) and tight.predicted_bytes <= tight.budget_bytes
+    assert tight.plan <= loose.plan
+    again = PlannerState.from_dict(json.loads(json.dumps(careful.to_dict())))
+    assert again.to_dict() == careful.to_dict() and again.corrections("d0") == careful.corrections("d0")
+    with pytest.raises(FedquadError, match="memory_margin"):
+        PlannerConfig(memory_margin=-1)

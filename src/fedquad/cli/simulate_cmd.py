@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
                    help="comma-separated strategy names, or 'all'")
     c.add_argument("--target-accuracy", type=float, default=None, help="accuracy (0-1) time-to-target is measured at")
     c.add_argument("--out", default="runs/compare", help="output folder")
+    c.add_argument("--seeds", default=None, metavar="N,N,...",
+                   help="run the whole comparison once per seed (into OUT/seed-N/) and report medians across "
+                        "seeds in OUT/seeds.md; needs --target-accuracy or target_accuracy in the config")
     c.add_argument("--report-only", action="store_true",
                    help="do not run: rebuild comparison.json/.md and plots from the runs already in --out")
     c.set_defaults(func=run_compare)
@@ -73,6 +76,8 @@ def run_compare(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
         raise FedquadError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
+    if args.seeds is not None:
+        return _run_compare_seeds(args, config, names)
     if args.report_only:
         from fedquad.sim.compare import report_from_runs
         report = report_from_runs(args.out, names, args.target_accuracy)
@@ -81,4 +86,30 @@ def run_compare(args) -> int:
     from fedquad.sim.compare import markdown_table
     print(markdown_table(report))
     print(f"wrote {args.out}/comparison.json, comparison.md, accuracy_vs_time.png, memory.png")
+    return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise FedquadError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise FedquadError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+def _run_compare_seeds(args, config, names: list[str]) -> int:
+    from fedquad.sim.seeds import compare_seeds, reports_from_seed_runs, seeds_markdown
+    seeds = _parse_seeds(args.seeds)
+    target = args.target_accuracy if args.target_accuracy is not None else config.target_accuracy
+    if target is None:
+        raise FedquadError("--seeds needs a target accuracy: pass --target-accuracy")
+    if args.report_only:
+        summary = reports_from_seed_runs(args.out, names, seeds, target)
+    else:
+        summary = compare_seeds(config, names, args.out, seeds, target, show_progress=not args.quiet)
+    print(seeds_markdown(summary))
+    print(f"wrote {args.out}/seeds.json, seeds.md, time_to_target.png and one comparison per seed in "
+          f"{args.out}/seed-N/")
     return 0

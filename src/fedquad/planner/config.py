@@ -64,6 +64,9 @@ class PlannerConfig:
     share_memory_ratio: bool = field(default=True, metadata={
         "help": "a device not yet measured starts from the measured/predicted memory ratio seen on all devices "
                 "(False = it starts at 1.0, the cost model believed)"})
+    memory_margin: float = field(default=0.0, metadata={
+        "help": "plan memory at measured/predicted ratio + this many mean deviations of it (a safety margin "
+                "against batches that need more than the average one; 0 = plan at the mean)"})
     prune_dominated: bool = field(default=True, metadata={
         "help": "the greedy skips depths whose efficient plan is worth no more than a shallower, faster one "
                 "(False = walk every depth, as DESIGN section 5 literally says)"})
@@ -81,6 +84,8 @@ class PlannerConfig:
             raise FedquadError(f"coverage_rounds must be >= 1 or None, got {self.coverage_rounds}")
         if not 0 < self.ema_alpha <= 1:
             raise FedquadError(f"ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if not self.memory_margin >= 0:
+            raise FedquadError(f"memory_margin must be >= 0, got {self.memory_margin}")
         if self.utility is not None and not isinstance(self.utility, Utility):
             raise FedquadError("utility must provide plan_value(plan, num_blocks) and round_utility(value, time)")
 

@@ -19,14 +19,19 @@ from fedquad.planner.result import DeviceDecision, RoundPlan
 class DeviceStats:
     time_ratio: float = field(default=1.0, metadata={"help": "EMA of measured / cost-model round time"})
     memory_ratio: float = field(default=1.0, metadata={"help": "EMA of measured / cost-model memory"})
+    memory_ratio_dev: float = field(default=0.0, metadata={
+        "help": "EMA of |sample - memory_ratio|: how much the memory ratio scatters"})
     free_bytes: float | None = field(default=None, metadata={"help": "EMA of reported free memory"})
     observations: int = field(default=0, metadata={"help": "measurements folded in"})
 
 
 class PlannerState:
-    def __init__(self, num_blocks: int, ema_alpha: float = 0.3, share_memory_ratio: bool = True):
+    def __init__(self, num_blocks: int, ema_alpha: float = 0.3, share_memory_ratio: bool = True,
+                 memory_margin: float = 0.0):
         if not 0 < ema_alpha <= 1:
             raise FedquadError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
+        if not (math.isfinite(memory_margin) and memory_margin >= 0):
+            raise FedquadError(f"memory_margin must be a finite number >= 0, got {memory_margin}")
         self.num_blocks = num_blocks
         self.ema_alpha = ema_alpha
         # EMA of measured/predicted memory over every device: the prior of a device not yet measured.
@@ -34,6 +39,11 @@ class PlannerState:
         # length), which every device shares; without it a device that never trains never learns.
         self.share_memory_ratio = share_memory_ratio
         self.shared_memory_ratio = 1.0
+        # Plans use ratio + memory_margin * deviation (the deviation is an EMA of |sample - ratio|, as
+        # TCP does for round-trip times): the ratio is a mean, and a batch longer than the mean one
+        # runs out of memory. 0 plans at the mean.
+        self.memory_margin = memory_margin
+        self.shared_memory_ratio_dev = 0.0
         self.devices: dict[str, DeviceStats] = {}
         self.rounds_without_trainer = [0] * num_blocks
         self.rounds_recorded = 0
@@ -41,12 +51,16 @@ class PlannerState:
     @classmethod
     def for_config(cls, num_blocks: int, config) -> "PlannerState":
         """A fresh state using config.ema_alpha (a PlannerConfig)."""
-        return cls(num_blocks, config.ema_alpha, getattr(config, "share_memory_ratio", True))
+        return cls(num_blocks, config.ema_alpha, getattr(config, "share_memory_ratio", True),
+                   getattr(config, "memory_margin", 0.0))
 
     def corrections(self, device_id: str) -> tuple[float, float, float | None]:
-        """(time_ratio, memory_ratio, free_bytes) to apply when planning this device."""
+        """(time_ratio, memory_ratio, free_bytes) to apply when planning this device; the memory
+        ratio includes the safety margin."""
         s = self.devices.get(device_id)
-        return (1.0, self.shared_memory_ratio, None) if s is None else (s.time_ratio, s.memory_ratio, s.free_bytes)
+        if s is None:
+            return 1.0, self.shared_memory_ratio + self.memory_margin * self.shared_memory_ratio_dev, None
+        return s.time_ratio, s.memory_ratio + self.memory_margin * s.memory_ratio_dev, s.free_bytes
 
     def _ema(self, old: float | None, sample: float) -> float:
         return sample if old is None else (1 - self.ema_alpha) * old + self.ema_alpha * sample
@@ -59,7 +73,8 @@ class PlannerState:
         measured / raw cost-model prediction: the EMA tracks the model's error, not its own.
         Ratios start at 1.0 (the model is believed until measurements say otherwise); free memory
         starts at the first report."""
-        s = self.devices.setdefault(decision.device_id, DeviceStats(memory_ratio=self.shared_memory_ratio))
+        s = self.devices.setdefault(decision.device_id, DeviceStats(memory_ratio=self.shared_memory_ratio,
+                                                                    memory_ratio_dev=self.shared_memory_ratio_dev))
         for name, value in (("measured_time_s", measured_time_s), ("measured_bytes", measured_bytes),
                             ("free_bytes", free_bytes)):
             if value is not None and (not math.isfinite(value) or value < 0):
@@ -68,10 +83,13 @@ class PlannerState:
             raw = decision.predicted_time_s / decision.time_ratio
             s.time_ratio = self._ema(s.time_ratio, measured_time_s / raw)
         if measured_bytes is not None and decision.predicted_bytes:
-            raw = decision.predicted_bytes / decision.memory_ratio
-            s.memory_ratio = self._ema(s.memory_ratio, measured_bytes / raw)
+            sample = measured_bytes / (decision.predicted_bytes / decision.memory_ratio)
+            s.memory_ratio_dev = self._ema(s.memory_ratio_dev, abs(sample - s.memory_ratio))
+            s.memory_ratio = self._ema(s.memory_ratio, sample)
             if self.share_memory_ratio:
-                self.shared_memory_ratio = self._ema(self.shared_memory_ratio, measured_bytes / raw)
+                self.shared_memory_ratio_dev = self._ema(self.shared_memory_ratio_dev,
+                                                         abs(sample - self.shared_memory_ratio))
+                self.shared_memory_ratio = self._ema(self.shared_memory_ratio, sample)
         if free_bytes is not None:
             s.free_bytes = self._ema(s.free_bytes, free_bytes)
         s.observations += 1
@@ -87,16 +105,20 @@ class PlannerState:
     def to_dict(self) -> dict:
         return {"num_blocks": self.num_blocks, "ema_alpha": self.ema_alpha, "rounds_recorded": self.rounds_recorded,
                 "share_memory_ratio": self.share_memory_ratio, "shared_memory_ratio": self.shared_memory_ratio,
+                "memory_margin": self.memory_margin, "shared_memory_ratio_dev": self.shared_memory_ratio_dev,
                 "rounds_without_trainer": list(self.rounds_without_trainer),
                 "devices": {k: {"time_ratio": s.time_ratio, "memory_ratio": s.memory_ratio,
+                                "memory_ratio_dev": s.memory_ratio_dev,
                                 "free_bytes": s.free_bytes, "observations": s.observations}
                             for k, s in sorted(self.devices.items())}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlannerState":
         try:
-            state = cls(int(data["num_blocks"]), float(data["ema_alpha"]), bool(data.get("share_memory_ratio", True)))
+            state = cls(int(data["num_blocks"]), float(data["ema_alpha"]), bool(data.get("share_memory_ratio", True)),
+                        float(data.get("memory_margin", 0.0)))
             state.shared_memory_ratio = float(data.get("shared_memory_ratio", 1.0))
+            state.shared_memory_ratio_dev = float(data.get("shared_memory_ratio_dev", 0.0))
             state.rounds_recorded = int(data.get("rounds_recorded", 0))
             counters = [int(n) for n in data["rounds_without_trainer"]]
             if len(counters) != state.num_blocks:
@@ -104,6 +126,7 @@ class PlannerState:
             state.rounds_without_trainer = counters
             for k, s in data["devices"].items():
                 state.devices[str(k)] = DeviceStats(float(s["time_ratio"]), float(s["memory_ratio"]),
+                                                    float(s.get("memory_ratio_dev", 0.0)),
                                                     None if s.get("free_bytes") is None else float(s["free_bytes"]),
                                                     int(s.get("observations", 0)))
         except (KeyError, TypeError, ValueError) as exc:

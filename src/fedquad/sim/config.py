@@ -44,6 +44,9 @@ class SimConfig:
     coverage_rounds: int | None = field(default=None, metadata={"help": "FedQuad coverage option K (None = off)"})
     int8_penalty: float = field(default=0.05, metadata={"help": "FedQuad utility penalty per int8 block"})
     int4_penalty: float = field(default=0.2, metadata={"help": "FedQuad utility penalty per int4 block"})
+    memory_margin: float = field(default=0.0, metadata={
+        "help": "FedQuad/depth-only planner: plan memory at the measured/predicted ratio + this many mean "
+                "deviations of it (0 = at the mean)"})
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
         "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
@@ -65,6 +68,8 @@ class SimConfig:
             raise FedquadError(f"config learning_rate must be > 0, got {self.learning_rate}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise FedquadError(f"config target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if not (isinstance(self.memory_margin, (int, float)) and 0 <= self.memory_margin < float("inf")):
+            raise FedquadError(f"config memory_margin must be a number >= 0, got {self.memory_margin!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise FedquadError(f"config time_budget_s must be > 0, got {self.time_budget_s}")
         object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list

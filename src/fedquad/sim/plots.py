@@ -54,3 +54,34 @@ def plot_memory(histories: dict[str, list[dict]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_time_to_target(summary: dict, path: str) -> None:
+    """Time to target per strategy: one dot per seed, a bar at the median, 'never' drawn on top."""
+    names = list(summary["strategies"])
+    reached = [t for s in summary["strategies"].values() for t in s["time_to_target_s"].values() if t is not None]
+    never_y = 1.1 * max(reached) if reached else 1.0
+    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 3.8))
+    for x, name in enumerate(names):
+        s = summary["strategies"][name]
+        times = list(s["time_to_target_s"].values())
+        hits = [t for t in times if t is not None]
+        misses = len(times) - len(hits)
+        color = "C3" if name == "fedquad" else "C0"
+        ax.scatter([x] * len(hits), hits, color=color, s=22, zorder=3)
+        if misses:
+            ax.scatter([x], [never_y], marker="x", color="grey", s=30, zorder=3)
+            ax.annotate(f"{misses} never", (x, never_y), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        if s["median_time_to_target_s"] is not None:
+            ax.hlines(s["median_time_to_target_s"], x - 0.3, x + 0.3, color=color, lw=2)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(bottom=0, top=never_y * 1.08)
+    ticks = [t for t in ax.get_yticks() if t < 0.97 * never_y]
+    ax.set_yticks(ticks + [never_y], [f"{t:g}" for t in ticks] + ["never"])
+    ax.set_ylabel("simulated time to target (s)")
+    ax.set_title(f"Time to {100 * summary['target_accuracy']:.1f}% over seeds {summary['seeds']} (bar: median)",
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -33,7 +33,7 @@ def make_strategy(config: SimConfig):
     if config.strategy in ("fedquad", "depth-only"):
         planner = PlannerConfig(int8_penalty=config.int8_penalty, int4_penalty=config.int4_penalty,
                                 coverage_rounds=config.coverage_rounds, placement=config.placement,
-                                bits=config.quant_bits)
+                                bits=config.quant_bits, memory_margin=config.memory_margin)
         return get_strategy(config.strategy, planner=planner)
     return get_strategy(config.strategy)
 

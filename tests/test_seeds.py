@@ -1,0 +1,86 @@
+"""Cross-seed summaries of comparisons (pure), and `compare --seeds` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from fedquad.errors import FedquadError
+from fedquad.sim.seeds import seeds_markdown, summarize_seeds
+
+
+def _report(target, **times_and_acc):
+    return {"target_accuracy": target, "strategies": {
+        name: {"time_to_target_s": t, "final_accuracy": acc, "accuracy_at_common_time": acc,
+               "dropped_device_rounds": 1, "device_rounds": 10}
+        for name, (t, acc) in times_and_acc.items()}}
+
+
+def test_medians_count_never_as_infinitely_slow_and_speedup_is_per_seed():
+    reports = {
+        0: _report(0.7, fedquad=(10.0, 0.8), fedlora=(30.0, 0.75), quant=(20.0, 0.74)),
+        1: _report(0.7, fedquad=(12.0, 0.8), fedlora=(None, 0.6), quant=(None, 0.65)),
+        2: _report(0.7, fedquad=(None, 0.6), fedlora=(15.0, 0.72), quant=(None, 0.6)),
+    }
+    s = summarize_seeds(reports)
+    assert s["seeds"] == [0, 1, 2]
+    assert s["strategies"]["fedquad"]["median_time_to_target_s"] == 12.0
+    assert s["strategies"]["fedquad"]["seeds_reaching_target"] == 2
+    assert s["strategies"]["quant"]["median_time_to_target_s"] is None  # 2 of 3 seeds never: median is never
+    assert s["strategies"]["fedlora"]["median_time_to_target_s"] == 30.0  # 15, 30, inf
+    assert s["strategies"]["fedquad"]["median_final_accuracy"] == 0.8
+    assert s["strategies"]["fedquad"]["dropped_device_rounds"] == 3
+    speed = s["fedquad_speedup_vs_best_baseline"]
+    assert speed["0"] == pytest.approx(2.0)  # fastest baseline 20 s vs 10 s
+    assert speed["1"] == math.inf  # only FedQuad got there
+    assert speed["2"] == 0.0  # a baseline got there, FedQuad did not
+    assert s["median_fedquad_speedup"] == pytest.approx(2.0)
+    text = seeds_markdown(s)
+    assert "| fedquad | 10 / 12 / never | 2/3 | 12 |" in text
+    assert "seed 1: inf" in text and "median 2.00x" in text
+
+
+def test_seeds_must_share_one_target():
+    with pytest.raises(FedquadError, match="one target"):
+        summarize_seeds({0: _report(0.7, fedquad=(1.0, 0.8)), 1: _report(0.8, fedquad=(1.0, 0.8))})
+    with pytest.raises(FedquadError, match="one target"):
+        summarize_seeds({0: _report(None, fedquad=(None, 0.8))})
+
+
+@pytest.mark.integration
+def test_compare_seeds_cli_runs_each_seed_and_reports_medians(tmp_path, capsys):
+    from fedquad.cli.main import main
+    from tests.test_simulation import quick_profile
+    profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
+    out = tmp_path / "cmp"
+    common = ["--set", "model=tiny-bert", "--set", "task=synthetic", "--set", "train_examples=240",
+              "--set", "eval_examples=32", "--set", "max_len=24", "--set", "batch_size=8", "--set", "rounds=1",
+              "--set", "clients_per_round=3", "--set", "local_steps=1", "--set", "eval_every=1",
+              "--set", "scenario=jetson-headroom", "--set", f"profile={profile}",
+              "--strategies", "fedquad,fedlora", "--out", str(out), "--quiet"]
+    assert main(["compare", *common, "--seeds", "0,1", "--target-accuracy", "0.01"]) == 0
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and set(summary["strategies"]) == {"fedquad", "fedlora"}
+    for seed in (0, 1):
+        report = json.loads((out / f"seed-{seed}" / "comparison.json").read_text())
+        assert report["config"]["seed"] == seed
+        assert summary["strategies"]["fedquad"]["time_to_target_s"][str(seed)] == \
+            report["strategies"]["fedquad"]["time_to_target_s"]
+    assert (out / "seeds.md").stat().st_size > 0 and (out / "time_to_target.png").stat().st_size > 0
+    # the two seeds drew different devices and data: their simulated clocks differ
+    clocks = [json.loads((out / f"seed-{s}" / "comparison.json").read_text())["strategies"]["fedlora"]
+              ["simulated_time_s"] for s in (0, 1)]
+    assert clocks[0] != clocks[1]
+    # re-report at an unreachable target without training
+    assert main(["compare", "--strategies", "fedquad,fedlora", "--out", str(out), "--seeds", "0,1",
+                 "--target-accuracy", "1.0", "--report-only", "--quiet"]) == 0
+    again = json.loads((out / "seeds.json").read_text())
+    assert again["target_accuracy"] == 1.0
+    # bad input: one line, exit 2
+    capsys.readouterr()
+    assert main(["compare", *common, "--seeds", "0,x", "--target-accuracy", "0.5"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert main(["compare", *common, "--seeds", "0,1"]) == 2
+    assert "target accuracy" in capsys.readouterr().err
