@@ -118,8 +118,8 @@ def seeds_markdown(summary: dict) -> str:
     if summary["fedquad_speedup_vs_best_baseline"]:
         per_seed = ", ".join(f"seed {k}: {_fmt_ratio(v)}" for k, v in summary["fedquad_speedup_vs_best_baseline"].items())
         lines += ["", f"FedQuad's speedup over the fastest baseline of each seed: {per_seed}; "
-                      f"median {_fmt_ratio(summary['median_fedquad_speedup'])} "
-                      "(0.00x: a baseline reached the target and FedQuad did not)."]
+                      f"median {_fmt_ratio(summary['median_fedquad_speedup'])} over the seeds where anyone reached it "
+                      "(inf: only FedQuad did; 0.00x: a baseline did and FedQuad did not; -: nobody did)."]
     return "\n".join(lines) + "\n"
 
 
