@@ -60,7 +60,7 @@ def plot_time_to_target(summary: dict, path: str) -> None:
     """Time to target per strategy: one dot per seed, a bar at the median, 'never' drawn on top."""
     names = list(summary["strategies"])
     reached = [t for s in summary["strategies"].values() for t in s["time_to_target_s"].values() if t is not None]
-    never_y = 1.1 * max(reached) if reached else 1.0
+    never_y = 1.1 * max(reached) if reached and max(reached) > 0 else 1.0  # all-zero: target met at start
     fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2.5, 3.8))
     for x, name in enumerate(names):
         s = summary["strategies"][name]
