@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import sys
 
 from fedquad.errors import FedquadError
 from fedquad.sim.checkpoint import write_json_atomic
@@ -34,7 +35,9 @@ def compare_seeds(config, strategies: list[str], out_dir: str, seeds: list[int],
     if target is None and config.target_accuracy is None:
         raise FedquadError("a multi-seed comparison needs a target accuracy (--target-accuracy)")
     reports = {}
-    for seed in seeds:
+    for n, seed in enumerate(seeds, 1):
+        if show_progress:
+            print(f"seed {seed} ({n}/{len(seeds)}) -> {seed_dir(out_dir, seed)}", file=sys.stderr, flush=True)
         reports[seed] = compare(config.replace(seed=seed), strategies, seed_dir(out_dir, seed), target,
                                 show_progress=show_progress)
     return write_seed_report(reports, out_dir)
