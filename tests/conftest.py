@@ -40,3 +40,12 @@ def tiny_llama():
 @pytest.fixture
 def minilm():
     return cached_model("minilm")
+
+
+def quick_profile(folder, model: str, batch_size: int, seq_len: int) -> str:
+    """A cost-model profile measured with one repeat: the clock only needs plausible times here."""
+    from fedquad.cli.main import main
+    path = str(folder / "profile.json")
+    assert main(["profile", "--model", model, "--batch-size", str(batch_size), "--seq-len", str(seq_len),
+                 "--repeats", "1", "--warmup", "1", "--out", path]) == 0
+    return path

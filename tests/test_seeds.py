@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import quick_profile
 
 from fedquad.errors import FedquadError
 from fedquad.sim.seeds import seeds_markdown, summarize_seeds
@@ -52,7 +53,6 @@ def test_seeds_must_share_one_target():
 @pytest.mark.integration
 def test_compare_seeds_cli_runs_each_seed_and_reports_medians(tmp_path, capsys):
     from fedquad.cli.main import main
-    from tests.test_simulation import quick_profile
     profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
     out = tmp_path / "cmp"
     common = ["--set", "model=tiny-bert", "--set", "task=synthetic", "--set", "train_examples=240",

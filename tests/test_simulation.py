@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import quick_profile
 
 from fedquad.cli.main import main
 from fedquad.sim.config import SimConfig, load_config
@@ -23,14 +24,6 @@ def tiny_config(tmp_path_factory) -> SimConfig:
                      batch_size=8, rounds=2, clients_per_round=6, local_steps=2, eval_every=1,
                      scenario="jetson-headroom", seed=3)
     return base.replace(profile=quick_profile(tmp_path_factory.mktemp("profile"), "tiny-bert", 8, 24))
-
-
-def quick_profile(folder, model: str, batch_size: int, seq_len: int) -> str:
-    """A cost-model profile measured with one repeat: the clock only needs plausible times here."""
-    path = str(folder / "profile.json")
-    assert main(["profile", "--model", model, "--batch-size", str(batch_size), "--seq-len", str(seq_len),
-                 "--repeats", "1", "--warmup", "1", "--out", path]) == 0
-    return path
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

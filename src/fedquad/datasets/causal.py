@@ -53,7 +53,7 @@ from typing import ClassVar, Iterable
 import numpy as np
 import torch
 
-from fedquad.datasets.loaders import checked_labels
+from fedquad.datasets.loaders import checked_labels, hash_text_sequences
 from fedquad.datasets.batching import TokenizedData
 from fedquad.errors import FedquadError
 
@@ -99,12 +99,7 @@ class CausalLMData:
     def fingerprint(self) -> str:
         """sha256 of the content: the token cache key follows the data, not the path."""
         h = hashlib.sha256(b"causal-lm")
-        for seq in (self.prompts, self.responses):
-            h.update(len(seq).to_bytes(8, "little"))
-            for t in seq:
-                b = t.encode("utf-8")
-                h.update(len(b).to_bytes(8, "little"))
-                h.update(b)
+        hash_text_sequences(h, (self.prompts, self.responses))
         h.update(self.labels.astype("<i8").tobytes())
         return h.hexdigest()
 

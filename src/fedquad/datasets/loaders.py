@@ -49,6 +49,17 @@ def checked_labels(labels, count: int, names, source: str, what: str) -> np.ndar
     return labels
 
 
+def hash_text_sequences(h, sequences) -> None:
+    """Feed sequences of strings into hash `h`, length-prefixed (sequence and string), so that
+    ("ab", "c") and ("a", "bc") hash differently. The datasets' cache keys are built on it."""
+    for seq in sequences:
+        h.update(len(seq).to_bytes(8, "little"))
+        for t in seq:
+            b = t.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+
+
 @dataclass(frozen=True, eq=False)
 class TextClassificationData:
     """Texts (or text pairs) with integer labels 0..num_labels-1. Immutable; `labels` is read-only."""
@@ -83,13 +94,7 @@ class TextClassificationData:
     def fingerprint(self) -> str:
         """sha256 of the content (texts, pairs, labels): a cache key that follows the data, not the path."""
         h = hashlib.sha256()
-        # Length-prefixed so that ("ab", "c") and ("a", "bc") hash differently.
-        for seq in (self.texts, self.text_pairs or ()):
-            h.update(len(seq).to_bytes(8, "little"))
-            for t in seq:
-                b = t.encode("utf-8")
-                h.update(len(b).to_bytes(8, "little"))
-                h.update(b)
+        hash_text_sequences(h, (self.texts, self.text_pairs or ()))
         h.update(b"pairs" if self.is_pair else b"single")
         h.update(self.labels.astype("<i8").tobytes())
         return h.hexdigest()

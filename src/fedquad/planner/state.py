@@ -65,6 +65,10 @@ class PlannerState:
     def _ema(self, old: float | None, sample: float) -> float:
         return sample if old is None else (1 - self.ema_alpha) * old + self.ema_alpha * sample
 
+    def _ema_with_dev(self, mean: float, dev: float, sample: float) -> tuple[float, float]:
+        """(mean, mean deviation) after one sample; the deviation is measured from the old mean."""
+        return self._ema(mean, sample), self._ema(dev, abs(sample - mean))
+
     def observe(self, decision: DeviceDecision, measured_time_s: float | None = None,
                 measured_bytes: float | None = None, free_bytes: float | None = None) -> None:
         """Fold in what a device measured for the plan it was given.
@@ -84,12 +88,10 @@ class PlannerState:
             s.time_ratio = self._ema(s.time_ratio, measured_time_s / raw)
         if measured_bytes is not None and decision.predicted_bytes:
             sample = measured_bytes / (decision.predicted_bytes / decision.memory_ratio)
-            s.memory_ratio_dev = self._ema(s.memory_ratio_dev, abs(sample - s.memory_ratio))
-            s.memory_ratio = self._ema(s.memory_ratio, sample)
+            s.memory_ratio, s.memory_ratio_dev = self._ema_with_dev(s.memory_ratio, s.memory_ratio_dev, sample)
             if self.share_memory_ratio:
-                self.shared_memory_ratio_dev = self._ema(self.shared_memory_ratio_dev,
-                                                         abs(sample - self.shared_memory_ratio))
-                self.shared_memory_ratio = self._ema(self.shared_memory_ratio, sample)
+                self.shared_memory_ratio, self.shared_memory_ratio_dev = self._ema_with_dev(
+                    self.shared_memory_ratio, self.shared_memory_ratio_dev, sample)
         if free_bytes is not None:
             s.free_bytes = self._ema(s.free_bytes, free_bytes)
         s.observations += 1
