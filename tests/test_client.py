@@ -137,3 +137,37 @@ def test_every_family_trains_one_step_under_every_plan(name):
                 kept = result.metrics.block_kept_bytes
                 assert all(kept[i] == 0 for i in range(L - depth))
     adapted.load_adapter_state(global_state)
+
+
+def _batches(adapted, n, seed):
+    return [generated_batch(adapted, 4, 16, seed=seed + i) for i in range(n)]
+
+
+def test_out_of_memory_client_leaves_no_gradients_for_the_next():
+    """Issue 13 item 0: a client that fails after its backward must not leak .grad into the next
+    client's first step; the next update is bitwise the one a clean run gives."""
+    from fedquad.client.train import ClientOutOfMemory
+    adapted = cached_model("tiny-bert")
+    state = adapted.adapter_state()
+    config = LocalTrainConfig(local_steps=2, seed=3)
+    clean = train_local(adapted, state, ClientPlan(1), _batches(adapted, 2, 10), config)
+    with pytest.raises(ClientOutOfMemory):
+        train_local(adapted, state, ClientPlan(adapted.num_blocks), _batches(adapted, 2, 20), config,
+                    saved_limit_bytes=1.0)
+    assert all(p.grad is None for p in adapted.model.parameters())
+    after = train_local(adapted, state, ClientPlan(1), _batches(adapted, 2, 10), config)
+    assert clean.update.keys() == after.update.keys()
+    for k in clean.update:
+        assert torch.equal(clean.update[k], after.update[k]), k
+
+
+def test_stale_gradients_are_cleared_at_the_start_of_train_local():
+    adapted = cached_model("tiny-bert")
+    state = adapted.adapter_state()
+    config = LocalTrainConfig(local_steps=1, seed=4)
+    clean = train_local(adapted, state, ClientPlan(1), _batches(adapted, 1, 30), config)
+    for p in adapted.model.parameters():  # as if some other caller left gradients behind
+        p.grad = torch.full_like(p, 5.0)
+    after = train_local(adapted, state, ClientPlan(1), _batches(adapted, 1, 30), config)
+    for k in clean.update:
+        assert torch.equal(clean.update[k], after.update[k]), k

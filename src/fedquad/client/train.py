@@ -91,6 +91,7 @@ def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], pl
     With `saved_limit_bytes`, the first step whose exactly measured saved activations exceed it
     raises ClientOutOfMemory: the simulator's stand-in for a device running out of memory."""
     adapted.load_adapter_state(global_state)
+    _clear_grads(adapted)  # whatever an earlier call left must not enter this client's first step
     adapted.model.train()
     torch.manual_seed(config.seed)
     metrics = LocalMetrics(block_raw_bytes=[0] * adapted.num_blocks, block_kept_bytes=[0] * adapted.num_blocks)
@@ -100,33 +101,51 @@ def train_local(adapted: AdaptedModel, global_state: dict[str, torch.Tensor], pl
             _rank_limited(adapted, runtime.trainable_keys, options.rank):
         params = runtime.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay) if params else None
-        for batch in batches:
-            if metrics.steps >= config.local_steps:
-                break
-            start = time.perf_counter()
-            loss = forward_backward(adapted, runtime, batch)
-            if saved_limit_bytes is not None:
-                saved = sum(b.kept_bytes for b in runtime.block_bytes()) + runtime.outside_bytes().kept_bytes
-                if saved > saved_limit_bytes:
-                    raise ClientOutOfMemory(saved, saved_limit_bytes)
-            if optimizer is not None:
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            metrics.step_times_s.append(time.perf_counter() - start)
-            losses.append(float(loss))
-            metrics.steps += 1
-            metrics.examples += int(batch["labels"].shape[0])
-            for i, b in enumerate(runtime.block_bytes()):
-                metrics.block_raw_bytes[i] = max(metrics.block_raw_bytes[i], b.raw_bytes)
-                metrics.block_kept_bytes[i] = max(metrics.block_kept_bytes[i], b.kept_bytes)
-            metrics.outside_bytes = max(metrics.outside_bytes, runtime.outside_bytes().kept_bytes)
-        update = {k: adapted.parameter(k).detach().to("cpu", copy=True) for k in runtime.trainable_keys}
+        try:
+            update = _train_steps(adapted, runtime, params, optimizer, batches, config, metrics, losses,
+                                  saved_limit_bytes)
+        finally:
+            # A failed client (out of memory, bad batch) must not leave gradients on the shared
+            # model: the next client's first backward would add its own on top of them.
+            _clear_grads(adapted)
     if metrics.steps == 0:
         raise FedquadError("local training received no batches")
     metrics.loss = sum(losses) / len(losses)
     return LocalResult(update=update, metrics=metrics)
+
+
+def _clear_grads(adapted: AdaptedModel) -> None:
+    for p in adapted.model.parameters():
+        p.grad = None
+
+
+def _train_steps(adapted: AdaptedModel, runtime: PlanRuntime, params: list, optimizer, batches,
+                 config: LocalTrainConfig, metrics: LocalMetrics, losses: list[float],
+                 saved_limit_bytes: float | None) -> dict[str, torch.Tensor]:
+    """The step loop of `train_local`; returns CPU copies of the trained tensors."""
+    for batch in batches:
+        if metrics.steps >= config.local_steps:
+            break
+        start = time.perf_counter()
+        loss = forward_backward(adapted, runtime, batch)
+        if saved_limit_bytes is not None:
+            saved = sum(b.kept_bytes for b in runtime.block_bytes()) + runtime.outside_bytes().kept_bytes
+            if saved > saved_limit_bytes:
+                raise ClientOutOfMemory(saved, saved_limit_bytes)
+        if optimizer is not None:
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        metrics.step_times_s.append(time.perf_counter() - start)
+        losses.append(float(loss))
+        metrics.steps += 1
+        metrics.examples += int(batch["labels"].shape[0])
+        for i, b in enumerate(runtime.block_bytes()):
+            metrics.block_raw_bytes[i] = max(metrics.block_raw_bytes[i], b.raw_bytes)
+            metrics.block_kept_bytes[i] = max(metrics.block_kept_bytes[i], b.kept_bytes)
+        metrics.outside_bytes = max(metrics.outside_bytes, runtime.outside_bytes().kept_bytes)
+    return {k: adapted.parameter(k).detach().to("cpu", copy=True) for k in runtime.trainable_keys}
 
 
 @contextlib.contextmanager
