@@ -39,7 +39,8 @@ from _util import markdown_table, write_doc  # noqa: E402
 import torch  # noqa: E402
 
 from fedquad.client import PlanRuntime, QuantSettings, forward_backward  # noqa: E402
-from fedquad.costmodel import cost_model, load_profile, profile_from_dict  # noqa: E402
+from fedquad.costmodel import (ADAMW_STATE_FACTOR, BlockProfile, HeadProfile, Profile, cost_model,  # noqa: E402
+                               kept_ratio_of, load_profile, profile_document, profile_from_dict)
 from fedquad.costmodel.llm_estimate import (SHAPES, DecoderShape, deepest_feasible, estimate_profile,  # noqa: E402
                                             gib)
 from fedquad.diagnostics.memory import generated_batch, perturb_adapters  # noqa: E402
@@ -88,25 +89,21 @@ def reduced_profile(adapted, batch, m: dict, group_size: int) -> dict:
     blocks = []
     for i in range(L):
         j = i if i > 0 else mid  # block 0 is always the lowest trainable block; its "ordinary" bytes: block 1's
-        blocks.append({
-            "index": i, "saved_bytes": full["raw"][j], "kept_bytes": {str(b): q[b]["kept"][j] for b in (8, 4)},
-            "saved_bytes_lowest": full["raw"][0], "kept_bytes_lowest": {str(b): q[b]["kept"][0] for b in (8, 4)},
-            "adapter_bytes": per_block_adapter[i], "forward_s": 0.0, "backward_s": max(0.0, (tl - t0) / L),
-            "quant_s": {str(b): max(0.0, (q[b]["step_s"] - tl) / L) for b in (8, 4)}})
-    saved = sum(b["saved_bytes"] for b in blocks)
-    return {
-        "schema_version": 2, "model": adapted.name, "family": adapted.family, "task": adapted.task, "num_blocks": L,
-        "batch_size": int(batch["input_ids"].shape[0]), "seq_len": int(batch["input_ids"].shape[1]),
-        "dtype": str(next(adapted.model.parameters()).dtype).replace("torch.", ""), "device": adapted.device.type,
-        "group_size": group_size, "machine_gflops": 1.0, "frozen_weight_bytes": frozen,
-        "adapter_bytes": sum(per_block_adapter) + head_adapter, "head_adapter_bytes": head_adapter,
-        "optimizer_bytes_per_trainable_byte": 3.0, "workspace_bytes": max(b["saved_bytes"] for b in blocks),
-        "embedding_forward_s": 0.0,
-        "head": {"saved_bytes": full["outside"], "saved_bytes_depth0": d0["outside"], "forward_s": t0,
-                 "backward_s": 0.0},
-        "kept_ratio": {str(b): sum(x["kept_bytes"][str(b)] for x in blocks) / saved for b in (8, 4)},
-        "blocks": blocks,
-    }
+        blocks.append(BlockProfile(
+            index=i, saved_bytes=full["raw"][j], kept_bytes={b: q[b]["kept"][j] for b in (8, 4)},
+            saved_bytes_lowest=full["raw"][0], kept_bytes_lowest={b: q[b]["kept"][0] for b in (8, 4)},
+            adapter_bytes=per_block_adapter[i], forward_s=0.0, backward_s=max(0.0, (tl - t0) / L),
+            quant_s={b: max(0.0, (q[b]["step_s"] - tl) / L) for b in (8, 4)}))
+    return profile_document(Profile(
+        model=adapted.name, family=adapted.family, num_blocks=L,
+        batch_size=int(batch["input_ids"].shape[0]), seq_len=int(batch["input_ids"].shape[1]),
+        dtype=str(next(adapted.model.parameters()).dtype).replace("torch.", ""), device=adapted.device.type,
+        group_size=group_size, machine_gflops=1.0, frozen_weight_bytes=frozen,
+        adapter_bytes=sum(per_block_adapter) + head_adapter, head_adapter_bytes=head_adapter,
+        optimizer_bytes_per_trainable_byte=ADAMW_STATE_FACTOR,
+        workspace_bytes=max(b.saved_bytes for b in blocks), embedding_forward_s=0.0,
+        head=HeadProfile(saved_bytes=full["outside"], saved_bytes_depth0=d0["outside"], forward_s=t0, backward_s=0.0),
+        blocks=tuple(blocks), kept_ratio=kept_ratio_of(blocks)), task=adapted.task)
 
 
 def part1(args) -> tuple[str, dict]:

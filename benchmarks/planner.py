@@ -1,6 +1,6 @@
 """Planner speed: one round for 100, 1,000 and 10,000 devices on a 32-block model.
 
-    .venv/bin/python benchmarks/planner.py [--repeats 5] [--out docs/bench_planner.md]
+    .venv/bin/python benchmarks/planner.py [--repeats 5] [--out docs/bench_planner.md] [--json FILE]
 
 Devices follow the jetson-mixed class mix, scaled to N, in round 1 (power modes, background load
 and free-memory drops applied). The profile is synthetic: MiniLM's measured per-block byte
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import random
@@ -22,7 +23,7 @@ import statistics
 import sys
 import time
 
-from fedquad.costmodel import profile_from_dict
+from fedquad.costmodel import BlockProfile, HeadProfile, Profile, profile_document, profile_from_dict
 from fedquad.devices import Device, devices_at_round, draw_devices, load_scenario
 from fedquad.planner import plan_round
 
@@ -31,15 +32,15 @@ NUM_BLOCKS = 32
 
 
 def profile_dict(num_blocks: int = NUM_BLOCKS) -> dict:
-    blocks = [{"index": i, "saved_bytes": 41_107_456, "kept_bytes": {"8": 11_063_552, "4": 5_949_696},
-               "adapter_bytes": 221_184, "forward_s": 0.045, "backward_s": 0.02 + 0.001 * (i % 5),
-               "quant_s": {"8": 0.01, "4": 0.012}} for i in range(num_blocks)]
-    return {"schema_version": 1, "model": "minilm-stretched", "family": "bert", "num_blocks": num_blocks,
-            "batch_size": 16, "seq_len": 64, "dtype": "float32", "device": "cpu", "group_size": 128,
-            "machine_gflops": 200.0, "frozen_weight_bytes": 90_855_944 * num_blocks // 6,
-            "adapter_bytes": 221_184 * num_blocks + 3_080, "head_adapter_bytes": 3_080,
-            "optimizer_bytes_per_trainable_byte": 3.0, "workspace_bytes": 41_107_456, "embedding_forward_s": 0.0,
-            "head": {"saved_bytes": 73_988, "forward_s": 0.0074, "backward_s": 0.0}, "blocks": blocks}
+    blocks = tuple(BlockProfile(index=i, saved_bytes=41_107_456, kept_bytes={8: 11_063_552, 4: 5_949_696},
+                                adapter_bytes=221_184, forward_s=0.045, backward_s=0.02 + 0.001 * (i % 5),
+                                quant_s={8: 0.01, 4: 0.012}) for i in range(num_blocks))
+    return profile_document(Profile(
+        model="minilm-stretched", family="bert", num_blocks=num_blocks, batch_size=16, seq_len=64, dtype="float32",
+        device="cpu", group_size=128, machine_gflops=200.0, frozen_weight_bytes=90_855_944 * num_blocks // 6,
+        adapter_bytes=221_184 * num_blocks + 3_080, head_adapter_bytes=3_080, optimizer_bytes_per_trainable_byte=3.0,
+        workspace_bytes=41_107_456, embedding_forward_s=0.0,
+        head=HeadProfile(saved_bytes=73_988, forward_s=0.0074, backward_s=0.0), blocks=blocks))
 
 
 def mixed_devices(n: int, profile) -> list[Device]:
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per size (median reported)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "bench_planner.md"))
+    parser.add_argument("--json", default=None, help="also write the figures as JSON to this file")
     args = parser.parse_args(argv)
     rows = {}
     for label, make in (("bad case: near-identical devices", similar_devices), ("jetson-mixed mix", mixed_devices)):
@@ -96,6 +98,12 @@ def main(argv=None) -> int:
         "blocks in under 1 s.", "", "Printed summary (jetson-mixed mix):", "", "```", *summary, "```", ""])
     with open(args.out, "w") as f:
         f.write(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"num_blocks": NUM_BLOCKS, "repeats": args.repeats, "rows": [
+                {"devices": n, "workload": label, "median_s": seconds, "participants": len(r.participants),
+                 "greedy_moves": r.greedy_steps, "method": r.method} for (label, n), (seconds, r) in rows.items()]},
+                f, indent=2)
     print("\n".join(lines))
     print(f"wrote {os.path.normpath(args.out)}")
     print("\n".join(summary))

@@ -18,8 +18,10 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-from fedquad.flower.local import LocalFederation, write_app_dir
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the local-federation tooling lives there
+from local_federation import LocalFederation, write_app_dir  # noqa: E402
 
 # Three devices of different classes and memory budgets (fraction of the model's full-depth
 # footprint, the cost model's unit: 1.0 fits full-depth LoRA without quantization).

@@ -1,7 +1,8 @@
 """Synthetic cost-model profiles for planner/cost-model/CLI tests (no torch, no measuring).
 
-`synthetic_profile` returns the JSON dict `fedquad profile` would write (schema version 2);
-scalars apply to every block, lists give per-block values. The defaults resemble MiniLM (6 blocks)
+`synthetic_profile` returns the JSON dict `fedquad profile` would write, built as a Profile and
+serialised by the format's owner (fedquad.costmodel.profile), so it is always the current schema
+version; scalars apply to every block, lists give per-block values. The defaults resemble MiniLM (6 blocks)
 at batch 16 x 64. The lowest-trainable-block bytes equal the ordinary ones unless
 `lowest_saving` (bytes saved by the lowest block, raw; kept scales with the kept ratio) is given.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+
+from fedquad.costmodel.profile import BlockProfile, HeadProfile, Profile, profile_document
 
 
 def _per_block(value, i):
@@ -27,27 +30,22 @@ def synthetic_profile(num_blocks: int = 6, saved_bytes_per_block=9_000_000, kept
         saved = _per_block(saved_bytes_per_block, i)
         low = saved - _per_block(lowest_saving, i)
         r8, r4 = _per_block(kept_ratio_8, i), _per_block(kept_ratio_4, i)
-        blocks.append({
-            "index": i, "saved_bytes": saved,
-            "kept_bytes": {"8": int(saved * r8), "4": int(saved * r4)},
-            "saved_bytes_lowest": low,
-            "kept_bytes_lowest": {"8": int(low * r8), "4": int(low * r4)},
-            "adapter_bytes": _per_block(adapter_bytes_per_block, i),
-            "forward_s": _per_block(forward_s, i), "backward_s": _per_block(backward_s, i),
-            "quant_s": {"8": _per_block(quant_s_8, i), "4": _per_block(quant_s_4, i)},
-        })
-    adapter = sum(b["adapter_bytes"] for b in blocks) + head_adapter_bytes
-    return {
-        "schema_version": 2, "model": model, "family": "bert", "num_blocks": num_blocks,
-        "batch_size": 16, "seq_len": 64, "dtype": "float32", "device": "cpu", "group_size": 128,
-        "machine_gflops": machine_gflops, "frozen_weight_bytes": frozen_weight_bytes, "adapter_bytes": adapter,
-        "head_adapter_bytes": head_adapter_bytes, "optimizer_bytes_per_trainable_byte": optimizer_factor,
-        "workspace_bytes": workspace_bytes, "embedding_forward_s": 0.001,
-        "head": {"saved_bytes": head_saved_bytes, "forward_s": 0.0002, "backward_s": 0.0003},
-        "kept_ratio": {"8": kept_ratio_8 if not isinstance(kept_ratio_8, list) else 0.27,
-                       "4": kept_ratio_4 if not isinstance(kept_ratio_4, list) else 0.14},
-        "blocks": blocks,
-    }
+        blocks.append(BlockProfile(
+            index=i, saved_bytes=saved, kept_bytes={8: int(saved * r8), 4: int(saved * r4)},
+            saved_bytes_lowest=low, kept_bytes_lowest={8: int(low * r8), 4: int(low * r4)},
+            adapter_bytes=_per_block(adapter_bytes_per_block, i),
+            forward_s=_per_block(forward_s, i), backward_s=_per_block(backward_s, i),
+            quant_s={8: _per_block(quant_s_8, i), 4: _per_block(quant_s_4, i)}))
+    adapter = sum(b.adapter_bytes for b in blocks) + head_adapter_bytes
+    return profile_document(Profile(
+        model=model, family="bert", num_blocks=num_blocks, batch_size=16, seq_len=64, dtype="float32",
+        device="cpu", group_size=128, machine_gflops=machine_gflops, frozen_weight_bytes=frozen_weight_bytes,
+        adapter_bytes=adapter, head_adapter_bytes=head_adapter_bytes,
+        optimizer_bytes_per_trainable_byte=optimizer_factor, workspace_bytes=workspace_bytes,
+        embedding_forward_s=0.001, head=HeadProfile(saved_bytes=head_saved_bytes, forward_s=0.0002, backward_s=0.0003),
+        blocks=tuple(blocks),
+        kept_ratio={8: kept_ratio_8 if not isinstance(kept_ratio_8, list) else 0.27,
+                    4: kept_ratio_4 if not isinstance(kept_ratio_4, list) else 0.14}))
 
 
 def minilm_like_profile() -> dict:

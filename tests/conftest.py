@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """Every test starts from the same torch RNG state: a bound checked on random inputs is checked
+    on the same inputs in every run and in any test order, never on luck."""
+    import torch
+    torch.manual_seed(0)
+
+
 @functools.lru_cache(maxsize=None)
 def cached_model(name: str, task: str = "seq-cls"):
     from fedquad.diagnostics.memory import perturb_adapters

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from _sweeps import train_every_plan
 from conftest import cached_model
-from fedquad.client import LocalTrainConfig, QuantSettings, train_local
+from fedquad.client import QuantSettings
 from fedquad.datasets import (BatchConfig, CausalLMData, PartitionConfig, SyntheticLMConfig, TextClassificationData,
-                              constant_answer_accuracy, iterate_batches, load_causal_jsonl, load_task, partition,
-                              tokenize)
-from fedquad.datasets.causal import IGNORE_INDEX, CausalTokenizedData, check_context, fit_lengths
+                              constant_answer_accuracy, iterate_batches, load_causal_jsonl, load_task, partition)
 from fedquad.diagnostics.memory import generated_batch, probe_memory
 from fedquad.errors import FedquadError
-from fedquad.evaluation_lm import evaluate_causal_lm
+from fedquad.tasks import IGNORE_INDEX, CausalTokenizedData, check_context, fit_lengths, tokenize
+from fedquad.tasks.causal_lm_eval import evaluate_causal_lm
 from fedquad.plan import ClientPlan
 
 
@@ -214,35 +214,15 @@ def test_jsonl_loading_and_detection(tmp_path):
 
 # ------------------------------------------------------------------------------ training
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
-def test_trains_under_every_plan(name):
-    adapted = cached_model(name, "causal-lm")
+def test_trains_under_every_plan_on_prompt_masked_batches(tiny_llama):
+    """The shared every-plan sweep (tests/_sweeps.py; test_client.py runs it on every family with
+    generated batches) on real causal-LM batches, whose prompt tokens are masked out of the loss.
+    The reference quantizer is the spec: no compile warm-up (the fast path is compared with it
+    elsewhere)."""
     batch = fixed_batch(2, 16)
-    assert batch["input_ids"].shape == (2, 16)
-    L = adapted.num_blocks
-    global_state = adapted.adapter_state()
-    full_kept = {}
-    try:
-        for bits in (8, 4):
-            # train_local quantizes at config.quant.bits (not plan.bits): set it per plan, as the simulator does.
-            # The reference quantizer is the spec: no compile warm-up; the fast path is tested against it elsewhere.
-            config = LocalTrainConfig(local_steps=1, quant=QuantSettings(bits=bits, quantizer="reference"))
-            for depth in range(L + 1):
-                for q in range(depth + 1):
-                    plan = ClientPlan(depth, q, bits)
-                    result = train_local(adapted, global_state, plan, [batch], config)
-                    assert set(result.update) == set(adapted.keys_for_plan(plan))
-                    assert math.isfinite(result.metrics.loss) and result.metrics.examples == 2
-                    changed = [k for k, v in result.update.items() if not torch.equal(v, global_state[k])]
-                    assert len(changed) == len(result.update), (plan, set(result.update) - set(changed))
-                    kept = result.metrics.block_kept_bytes
-                    assert all(kept[i] == 0 for i in range(L - depth))
-                    assert all(kept[i] > 0 for i in range(L - depth, L))
-                    if depth == q == L:
-                        full_kept[bits] = sum(kept)
-        assert full_kept[4] < 0.7 * full_kept[8]
-    finally:
-        adapted.load_adapter_state(global_state)
+    assert batch["input_ids"].shape == (2, 16) and bool((batch["labels"] == IGNORE_INDEX).any())
+    full_kept = train_every_plan(tiny_llama, batch, quantizer="reference")
+    assert full_kept[4] < 0.7 * full_kept[8]
 
 
 def _worst_lora_cosine(adapted, batch) -> tuple[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _sweeps import train_every_plan
 from conftest import cached_model
 from fedquad.client import LocalTrainConfig, PlanRuntime, QuantSettings, forward_backward, train_local
 from fedquad.diagnostics.memory import generated_batch, probe_memory
@@ -43,11 +44,12 @@ def test_identity_hooks_reproduce_gradients_exactly(name, task):
 
 
 # DESIGN section 3 targets: int8 >= 0.9999, int4 >= 0.98 on every LoRA gradient. They hold
-# for one quantized block (FedQuad's bottom placement); with every block quantized the error of
-# each block adds up, and the targets there are the issue's done-when figures (int8 >= 0.999).
-# Measured int4 one-block figures are 0.97-0.98 (docs/quantization.md): below the design's 0.98
-# for the tiny LLaMA, so that case is held to what the quantizer reaches, not to the target.
-FIDELITY_CASES = [(8, "one", 0.9999), (4, "one", 0.97), (8, "all", 0.999), (4, "all", 0.94)]
+# for one quantized block (FedQuad's bottom placement) at both widths. With every block quantized
+# the error of each block adds up: int8 is held to the issue's done-when figure (>= 0.999); int4,
+# with the default int4 storage (bfloat16 scales, per-group Hadamard rotation, head-width tensors at
+# int8; docs/quantization.md section 5), reaches 0.989 on the tiny LLaMA but 0.972 on MiniLM for this
+# batch (0.967-0.976 over the study's seeds), so that case is held to 0.965, below the 0.98 target.
+FIDELITY_CASES = [(8, "one", 0.9999), (4, "one", 0.98), (8, "all", 0.999), (4, "all", 0.965)]
 
 
 @pytest.mark.parametrize("name,task", FIDELITY_MODELS)
@@ -64,7 +66,7 @@ def test_quantized_gradient_fidelity(name, task, bits, quantized, threshold):
     assert lora[worst] >= threshold, (worst, lora[worst])
     if quantized == "all":
         # the tiny LLaMA's width is 64, so its rank-8 LoRA bottlenecks (kept) weigh 8x more than in MiniLM
-        limit = {8: 0.30, 4: 0.17} if name == "minilm" else {8: 0.33, 4: 0.21}
+        limit = {8: 0.30, 4: 0.16} if name == "minilm" else {8: 0.33, 4: 0.21}
         assert report.kept_bytes < report.raw_bytes * limit[bits]
 
 
@@ -121,22 +123,8 @@ FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-gpt2", "tiny-l
 def test_every_family_trains_one_step_under_every_plan(name):
     decoder = name.split("-")[1] in ("gpt2", "llama", "qwen2", "mistral")
     adapted = cached_model(name, "causal-lm" if decoder else "seq-cls")
-    batch = generated_batch(adapted, 2, 24)
-    L = adapted.num_blocks
-    global_state = adapted.adapter_state()
-    config = LocalTrainConfig(local_steps=1)
-    for bits in (8, 4):
-        for depth in range(L + 1):
-            for q in range(depth + 1):
-                plan = ClientPlan(depth, q, bits)
-                result = train_local(adapted, global_state, plan, [batch], config)
-                assert set(result.update) == set(adapted.keys_for_plan(plan))
-                assert torch.isfinite(torch.tensor(result.metrics.loss))
-                changed = [k for k, v in result.update.items() if not torch.equal(v, global_state[k])]
-                assert len(changed) == len(result.update), (plan, set(result.update) - set(changed))
-                kept = result.metrics.block_kept_bytes
-                assert all(kept[i] == 0 for i in range(L - depth))
-    adapted.load_adapter_state(global_state)
+    full_kept = train_every_plan(adapted, generated_batch(adapted, 2, 24))
+    assert full_kept[4] < full_kept[8]
 
 
 def _batches(adapted, n, seed):

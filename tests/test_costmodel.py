@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
 
 from _profiles import synthetic_profile, write_profile
 from fedquad.costmodel import (SCHEMA_VERSION, cost_model, list_profiles, load_profile, memory_bytes,
-                               profile_from_dict, profile_to_dict, round_time_breakdown, round_time_s, saved_bytes,
-                               step_time_s)
+                               profile_document, profile_from_dict, profile_to_dict, round_time_breakdown,
+                               round_time_s, saved_bytes, step_time_s)
 from fedquad.errors import FedquadError
 from fedquad.plan import ClientPlan
 
@@ -194,6 +195,71 @@ def test_version1_reads_with_ordinary_bytes_for_the_lowest_block():
     assert [b.saved_bytes_lowest for b in p.blocks] == [100, 200, 300]
     assert p == profile_from_dict(tiny())  # tiny()'s lowest bytes equal the ordinary ones
     assert profile_to_dict(p)["schema_version"] == SCHEMA_VERSION == 2
+    # the loader says what it filled in; a current file needed nothing
+    assert len(p.upgraded) == 1 and "schema version 1 -> 2" in p.upgraded[0] and "lowest" in p.upgraded[0]
+    assert profile_from_dict(tiny()).upgraded == ()
+    assert data["schema_version"] == 1 and "saved_bytes_lowest" not in data["blocks"][0]  # input left as it was
+
+
+COMMITTED_PROFILES = ["src/fedquad/resources/profiles/minilm-b16-s64.json",
+                      "benchmarks/decoder_reference/results/profile.json"]
+
+
+@pytest.mark.parametrize("path", COMMITTED_PROFILES)
+def test_committed_profiles_load_and_round_trip(path):
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    p = load_profile(str(root / path))
+    assert p.upgraded == () and p.num_blocks == len(p.blocks) > 0
+    assert profile_from_dict(profile_to_dict(p)) == p
+    # what the writers emit (profile_document) keeps the cost-model fields of the committed file
+    data = json.loads((root / path).read_text())
+    doc = profile_document(p, task=data.get("task"), timing=data.get("timing"),
+                           measured_step_s=data.get("measured_step_s"))
+    assert {k: doc[k] for k in data} == data
+
+
+def test_profile_document_checks_what_it_writes(profile):
+    doc = profile_document(profile, task="seq-cls", timing={"statistic": "median"})
+    assert doc["task"] == "seq-cls" and doc["timing"] == {"statistic": "median"}
+    assert profile_from_dict(doc) == profile
+    assert "estimate" not in profile_document(profile, estimate=None)
+    with pytest.raises(ValueError, match="tming"):
+        profile_document(profile, tming={})
+    negative = dataclasses.replace(profile, blocks=(dataclasses.replace(profile.blocks[0], backward_s=-1.0),
+                                                    *profile.blocks[1:]))
+    with pytest.raises(FedquadError, match=r"blocks\[0\]\.backward_s"):
+        profile_document(negative)
+    no_int4 = dataclasses.replace(profile, blocks=(dataclasses.replace(profile.blocks[0], kept_bytes={8: 30}),
+                                                   *profile.blocks[1:]))
+    with pytest.raises(FedquadError, match=r"blocks\[0\]\.kept_bytes\.4"):
+        profile_document(no_int4)
+
+
+def test_only_the_format_owner_writes_schema_version():
+    """The profile has one writer: no other module spells the format's fields out by hand."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    writers = sorted(str(f.relative_to(root)) for folder in ("src", "benchmarks") for f in (root / folder).rglob("*.py")
+                     if '"schema_version":' in f.read_text())
+    assert writers == ["src/fedquad/costmodel/profile.py"]
+
+
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_deepest_fitting_is_the_deepest_plan_with_fewest_quantized_blocks(bits):
+    """Against a brute force over every plan, at every budget at and just below a plan's memory, on
+    a profile whose memory is not monotone in depth (block 2 saves 1000 more as the lowest
+    trainable block: a hand-edited file can say so), so the deepest fit is not the first miss."""
+    p = profile_from_dict(synthetic_profile(num_blocks=4, saved_bytes_per_block=[50, 400, 30, 90],
+                                            lowest_saving=[0, 0, -1000, 0], adapter_bytes_per_block=[1, 2, 3, 4]))
+    cm = cost_model(p)
+    assert cm.costs(2, 0)[0] > cm.costs(3, 0)[0]  # the non-monotone step
+    plans = [(d, q) for d in range(5) for q in (range(d + 1) if bits else [0])]
+    memory = {(d, q): cm.costs(d, q, bits or 8)[0] for d, q in plans}
+    for budget in sorted({m + dm for m in memory.values() for dm in (-1, 0)}):
+        fitting = [(d, q) for (d, q), m in memory.items() if m <= budget]
+        expected = min(fitting, key=lambda dq: (-dq[0], dq[1])) if fitting else None
+        assert cm.deepest_fitting(budget, bits) == expected
 
 
 def test_shipped_profile_by_name(tmp_path, monkeypatch):

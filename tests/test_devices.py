@@ -147,3 +147,22 @@ def test_scenario_by_path_and_errors(tmp_path, minilm):
                       (dict(dynamics={"power_mode_switch_prob": 2}), "power_mode_switch_prob")):
         with pytest.raises(FedquadError, match=word):
             load_scenario(_scenario_file(tmp_path, **bad))
+
+
+def test_device_record_scenario_format_and_sampling_are_separate_modules():
+    """Device is a plain record (nothing of fedquad under it); reading a scenario file needs no
+    cost model; only sampling turns a scenario plus a profile into Devices."""
+    import ast
+    import fedquad.devices as devices
+    from fedquad.devices import device, sampling, scenario
+
+    def fedquad_imports(module) -> set[str]:
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        return {n.module for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("fedquad")}
+
+    assert devices.Device is device.Device and devices.draw_devices is sampling.draw_devices
+    assert devices.load_scenario is scenario.load_scenario
+    assert fedquad_imports(device) == set()
+    assert fedquad_imports(scenario) == {"fedquad.devices.catalog", "fedquad.errors"}
+    assert "fedquad.costmodel.model" in fedquad_imports(sampling)

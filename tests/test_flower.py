@@ -25,9 +25,11 @@ import pytest
 import torch
 
 from fedquad.errors import FedquadError
-from fedquad.flower.local import LocalFederation, make_node_keys, write_app_dir
+from local_federation import LocalFederation, make_node_keys, write_app_dir  # tests/local_federation.py
 
-pytestmark = pytest.mark.integration
+# Tiers per test: the deployment and in-process round tests are `integration`; the settings,
+# codec and import checks below are fast unit tests.
+integration = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 # A small workload: tiny random-initialised BERT (4 blocks) on the generated task.
@@ -162,6 +164,7 @@ def _trained_keys(device: dict, key_block: dict) -> set[str]:
     return {k for k, b in key_block.items() if b is None or b in blocks}
 
 
+@integration
 def test_three_supernodes_complete_rounds_with_their_own_plans(deployment):
     r0 = _by_device(_rounds(deployment.history)[0])
     assert set(r0) == set(NODES)
@@ -174,6 +177,7 @@ def test_three_supernodes_complete_rounds_with_their_own_plans(deployment):
     assert _rounds(deployment.history)[1]["participants"] >= 1
 
 
+@integration
 def test_global_adapter_changes_only_in_trained_keys(deployment, key_block):
     rounds = _rounds(deployment.history)
     assert sorted(rounds) == [0, 1, 2, 3]
@@ -187,6 +191,7 @@ def test_global_adapter_changes_only_in_trained_keys(deployment, key_block):
         assert all(torch.isfinite(v).all() for v in after.values())
 
 
+@integration
 def test_malformed_update_is_rejected_and_leaves_global_adapter_unaffected(deployment, key_block):
     r1 = _rounds(deployment.history)[1]
     faulty = _by_device(r1)[FAULTY]
@@ -205,6 +210,7 @@ def test_malformed_update_is_rejected_and_leaves_global_adapter_unaffected(deplo
     assert _by_device(_rounds(deployment.history)[2])[FAULTY]["status"] == "ok"  # the hook was for round 1 only
 
 
+@integration
 def test_killed_supernode_is_recorded_failed_and_the_run_goes_on(deployment):
     rounds = _rounds(deployment.history)
     killed = _by_device(rounds[1])[KILLED]
@@ -218,6 +224,7 @@ def test_killed_supernode_is_recorded_failed_and_the_run_goes_on(deployment):
     assert deployment.procs[KILLED].popen.returncode is not None
 
 
+@integration
 def test_server_stopped_and_resumed_continues_from_the_next_round(deployment):
     assert deployment.status1 == "finished:stopped", deployment.status1
     assert deployment.status2 == "finished:completed", deployment.status2
@@ -227,6 +234,7 @@ def test_server_stopped_and_resumed_continues_from_the_next_round(deployment):
     assert all(h.get("accuracy") is not None for h in deployment.history)
 
 
+@integration
 def test_final_adapter_loads_with_peft(deployment):
     import transformers
     from peft import PeftModel
@@ -243,6 +251,7 @@ def test_final_adapter_loads_with_peft(deployment):
         assert torch.equal(params[key].detach(), value), key
 
 
+@integration
 def test_every_process_is_stopped_by_pid(deployment):
     assert deployment.leftover == []
     assert len(deployment.all_procs) == 1 + len(NODES)
@@ -250,6 +259,7 @@ def test_every_process_is_stopped_by_pid(deployment):
 
 
 @pytest.mark.slow
+@integration
 def test_crashed_supernode_is_detected_by_flower_heartbeat(tmp_path):
     """SIGKILL (power loss): the SuperNode cannot say goodbye; Flower's SuperLink declares it
     unavailable once its heartbeats stop (within ~60 s), the round completes, the next one runs."""
@@ -273,6 +283,7 @@ def test_crashed_supernode_is_detected_by_flower_heartbeat(tmp_path):
     assert fed.leftover_pids() == []
 
 
+@integration
 def test_supernode_authentication_rejects_unregistered_nodes(tmp_path):
     fed = LocalFederation(tmp_path, tls=True, auth=True, extra_env=ENV)
     try:
@@ -363,6 +374,7 @@ class _Grid:
             for m in messages]
 
 
+@integration
 def test_server_round_records_timeouts_refusals_and_rejects(tmp_path, monkeypatch):
     from flwr.app import Error, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -418,7 +430,7 @@ def test_server_round_records_timeouts_refusals_and_rejects(tmp_path, monkeypatc
                reply(13, {"status": "refused", "reason": "refused plan: needs more", "budget_bytes": 1e6}),
                reply(14, ok, bad_update), gone]  # node 12 never answers
     before = dict(server.state.global_state)
-    new_global, agg = server.aggregate_round(replies)
+    new_global = server.aggregate_round(replies)
     devices = {d["device_id"]: d for d in server.pending_report["devices"]}
     assert devices["ok"]["status"] == "ok"
     assert devices["slow"]["status"] == "failed" and "round timeout" in devices["slow"]["failure"]
@@ -445,6 +457,7 @@ def test_only_the_flower_package_imports_flower():
     assert offenders == []
 
 
+@integration
 def test_causal_lm_round_through_server_and_client_handlers(tmp_path, monkeypatch):
     """Decoders on the Flower app: the ServerApp's round and the ClientApp's train handler, in process."""
     from flwr.app import Context, RecordDict
@@ -474,7 +487,7 @@ def test_causal_lm_round_through_server_and_client_handlers(tmp_path, monkeypatc
     for r in replies:
         r.metadata.__dict__["_src_node_id"] = [m for m in sent if m.metadata.message_id == r.metadata.reply_to_message_id][0].metadata.dst_node_id
     before = dict(server.state.global_state)
-    new_global, _ = server.aggregate_round(replies)
+    new_global = server.aggregate_round(replies)
     devices = {d["device_id"]: d for d in server.pending_report["devices"]}
     # the planner may lower the slow node to depth 0, which trains nothing on a causal LM: it sits out
     assert all(d["status"] == "ok" or (d["status"] == "idle" and "trains nothing" in d["failure"])

@@ -73,7 +73,9 @@ def test_named_shapes_match_published_sizes():
     assert SHAPES["llama-1b"].parameters() == 1_100_048_384  # TinyLlama-1.1B
     from fedquad.models.presets import PRESETS
     assert DecoderShape.from_config(PRESETS["llama-1b"].config) == SHAPES["llama-1b"]
-    assert packed_bytes(1000, 4, 128) == 500 + 8 * 8
+    assert packed_bytes(1000, 4, 128) == 500 + 4 * 8  # int4: bfloat16 scale + minimum; 1000 % 128: no flags
+    assert packed_bytes(1024, 4, 128) == 512 + 4 * 8 + 1  # whole groups: one rotation flag byte
+    assert packed_bytes(1000, 8, 128) == 1000 + 8 * 8  # int8: float32 scale + minimum
     with pytest.raises(FedquadError, match="not 'gpt2'"):
         DecoderShape(hidden=8, intermediate=8, layers=1, heads=2, kv_heads=2, vocab=10, family="gpt2")
 

@@ -18,8 +18,9 @@ from conftest import cached_model
 from fedquad.cli.main import main
 from fedquad.client.saved_activations import QuantSettings
 from fedquad.costmodel import SCHEMA_VERSION, cost_model, load_profile, profile_from_dict
+from fedquad.costmodel.fit import fit_step_times, nnls
 from fedquad.diagnostics.memory import generated_batch, sweep
-from fedquad.diagnostics.profile import fit_step_times, nnls, profile_plans, profile_steps, profile_model
+from fedquad.diagnostics.profile import profile_model, profile_plans, profile_steps
 from fedquad.plan import ClientPlan
 
 QUANT = QuantSettings(group_size=64)

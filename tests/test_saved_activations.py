@@ -7,6 +7,7 @@ import torch
 
 from fedquad.client.saved_activations import QuantSettings, SavedTensorPolicy, parameter_storages
 from fedquad.quant import QuantizedTensor, packed_nbytes
+from fedquad.quant.stored import StoredTensor, stored_nbytes
 
 Q8 = QuantSettings(bits=8, group_size=128, quantizer="reference")
 
@@ -20,11 +21,17 @@ def test_kept_bytes_equal_payload_plus_scales():
         policy = _policy(QuantSettings(bits=bits, group_size=128, quantizer="reference"))
         shapes = [(16, 64, 384), (3, 1000), (5000,)]
         packed = [policy.pack(torch.randn(s)) for s in shapes]
-        assert all(isinstance(p, QuantizedTensor) for p in packed)
-        expected = sum(p.payload.numel() * p.payload.element_size() + p.scale.numel() * 4 + p.minimum.numel() * 4
-                       for p in packed)
+        assert all(isinstance(p, StoredTensor) and isinstance(p.q, QuantizedTensor) for p in packed)
+        param_bytes = 4 if bits == 8 else 2  # QuantSettings' default scale_dtype: bfloat16 at int4
+        assert all(p.q.scale.element_size() == p.q.minimum.element_size() == param_bytes for p in packed)
+        flags = [0 if p.flags is None else p.flags.numel() for p in packed]  # int4 rotation flags
+        expected = sum(p.q.payload.numel() * p.q.payload.element_size() + (p.q.scale.numel() + p.q.minimum.numel())
+                       * param_bytes + f for p, f in zip(packed, flags))
         assert policy.bytes.kept_bytes == expected
-        assert expected == sum(packed_nbytes(torch.Size(s).numel(), bits, 128) for s in shapes)
+        assert expected == sum(stored_nbytes(torch.Size(s).numel(), bits, 128, policy.quant.param_dtype(),
+                                             policy.quant.rotates()) for s in shapes)
+        if bits == 8:  # float32 parameters, no flags: the quantizer's own packed_nbytes
+            assert expected == sum(packed_nbytes(torch.Size(s).numel(), bits, 128) for s in shapes)
         assert policy.bytes.raw_bytes == sum(torch.Size(s).numel() * 4 for s in shapes)
 
 
@@ -137,3 +144,38 @@ def test_cpu_dropout_float_mask_is_accounted_and_quantized_losslessly():
     x2 = x.detach().clone().requires_grad_(True)
     torch.nn.functional.dropout(x2, p=0.1, training=True).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_pack_and_unpack_read_no_device_data_on_the_host(monkeypatch):
+    """The skip/sqrt decisions come out of the quantizer's pass: no .item()/float() in the hooks
+    (on CUDA either would be a synchronisation per tensor; the gpu tier checks that directly)."""
+    torch.manual_seed(0)  # fixed inputs: the error bound below is checked on these, not on luck
+    for quantizer in ("fast", "reference"):
+        for bits in (8, 4):
+            policy = _policy(QuantSettings(bits=bits, quantizer=quantizer))
+            tensors = [torch.randn(8, 512), torch.rand(8, 512), torch.full((8, 512), torch.finfo(torch.float32).min)]
+
+            def refuse(*args, **kwargs):
+                raise AssertionError("host read of tensor data inside a hook")
+
+            with monkeypatch.context() as m:
+                for name in ("item", "__float__", "tolist"):
+                    m.setattr(torch.Tensor, name, refuse)
+                m.setattr(torch, "aminmax", refuse)  # the old separate min/max pass
+                packed = [policy.pack(t) for t in tensors]
+                out = [policy.unpack(p) for p in packed]
+            assert policy.bytes.quantized_tensors == 2 and policy.bytes.skipped == {"non-finite or huge": 1}
+            assert out[2] is tensors[2]
+            for t, y in zip(tensors[:2], out[:2]):
+                assert y.shape == t.shape and float((y - t).abs().max()) < (0.5 if bits == 4 else 0.03)
+
+
+def test_non_negative_tensors_go_on_the_square_root_grid():
+    p = torch.softmax(torch.randn(16, 64, 64) * 4, dim=-1)
+    errors = {}
+    for sqrt_grid in (True, False):
+        policy = _policy(QuantSettings(bits=8, group_size=64, sqrt_nonnegative=sqrt_grid))
+        y = policy.unpack(policy.pack(p))
+        small = p < 1e-3
+        errors[sqrt_grid] = float((y - p)[small].abs().mean())
+    assert errors[True] < 0.2 * errors[False], errors

@@ -84,3 +84,62 @@ def test_compare_seeds_cli_runs_each_seed_and_reports_medians(tmp_path, capsys):
     assert "--seeds" in capsys.readouterr().err
     assert main(["compare", *common, "--seeds", "0,1"]) == 2
     assert "target accuracy" in capsys.readouterr().err
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no `except Exception` cleanup of the code under test runs."""
+
+
+@pytest.mark.integration
+def test_compare_seeds_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
+    from fedquad.cli.main import main
+    from fedquad.sim import checkpoint
+    profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
+    common = ["--set", "model=tiny-bert", "--set", "train_examples=240", "--set", "eval_examples=32",
+              "--set", "max_len=24", "--set", "batch_size=8", "--set", "rounds=1", "--set", "clients_per_round=3",
+              "--set", "local_steps=1", "--set", "scenario=jetson-headroom", "--set", f"profile={profile}",
+              "--strategies", "fedquad,fedlora", "--seeds", "0,1", "--target-accuracy", "0.01", "--quiet"]
+    assert main(["compare", *common, "--out", str(tmp_path / "straight")]) == 0
+    seen = []
+
+    def after(name):  # killed in seed 1's first checkpoint (seed 0's two runs are done)
+        if name == "adapter":
+            seen.append(name)
+            if len(seen) == 3:
+                raise _Killed()
+    monkeypatch.setattr(checkpoint, "_after_step", after)
+    out = tmp_path / "cmp"
+    with pytest.raises(_Killed):
+        main(["compare", *common, "--out", str(out)])
+    monkeypatch.undo()
+    kept = (out / "seed-0" / "fedlora" / "checkpoint" / "state.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["compare", *common, "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["compare", "--resume", str(out), "--quiet"]) == 0
+    assert (out / "seed-0" / "fedlora" / "checkpoint" / "state.json").stat().st_mtime_ns == kept
+    strip = lambda s: {n: {k: v for k, v in r.items() if k != "host"} for n, r in s["strategies"].items()}  # noqa
+    assert strip(json.loads((out / "seeds.json").read_text())) == strip(
+        json.loads((tmp_path / "straight" / "seeds.json").read_text()))
+
+
+@pytest.mark.integration
+def test_one_process_per_seed_into_one_folder(tmp_path, capsys):
+    """How the reference seeds were made: `--seeds N` per process, then one --report-only."""
+    from fedquad.cli.main import main
+    profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
+    common = ["--set", "model=tiny-bert", "--set", "train_examples=240", "--set", "eval_examples=32",
+              "--set", "max_len=24", "--set", "batch_size=8", "--set", "rounds=1", "--set", "clients_per_round=3",
+              "--set", "local_steps=1", "--set", "scenario=jetson-headroom", "--set", f"profile={profile}",
+              "--strategies", "fedquad", "--target-accuracy", "0.01", "--out", str(tmp_path / "cmp"), "--quiet"]
+    assert main(["compare", *common, "--seeds", "0"]) == 0
+    assert main(["compare", *common, "--seeds", "1"]) == 0
+    assert main(["compare", *common, "--seeds", "1,2"]) == 2
+    assert "seed-1/fedquad" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "seed-2").exists()
+    plan = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert plan["seeds"] == [0, 1] and plan["strategies"] == ["fedquad"]
+    assert main(["compare", "--report-only", "--seeds", "0,1", "--target-accuracy", "0.01",
+                 "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "cmp" / "seeds.json").read_text())["seeds"] == [0, 1]
+    assert main(["compare", "--resume", str(tmp_path / "cmp"), "--quiet"]) == 0  # both finished: kept

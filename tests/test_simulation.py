@@ -14,7 +14,9 @@ from fedquad.sim.runner import simulate
 from fedquad.sim.checkpoint import load_checkpoint
 from fedquad.strategies import STRATEGIES
 
-pytestmark = pytest.mark.integration
+# Tiers per test: runs of the federated loop are `integration`; the input checks that fail
+# before any model is loaded are fast unit tests.
+integration = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,7 @@ def tiny_config(tmp_path_factory) -> SimConfig:
     return base.replace(profile=quick_profile(tmp_path_factory.mktemp("profile"), "tiny-bert", 8, 24))
 
 
+@integration
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_runs_two_rounds(tiny_config, tmp_path, name):
     result = simulate(tiny_config.replace(strategy=name), str(tmp_path), show_progress=False, plots=False)
@@ -38,6 +41,7 @@ def test_every_strategy_runs_two_rounds(tiny_config, tmp_path, name):
     assert (tmp_path / "history.json").is_file() and (tmp_path / "checkpoint" / "adapter.safetensors").is_file()
 
 
+@integration
 def test_aggregation_touches_only_trained_keys(tiny_config, tmp_path):
     from fedquad.sim.round import FederatedAlgorithm
     from fedquad.sim.runner import make_strategy
@@ -63,6 +67,7 @@ def test_aggregation_touches_only_trained_keys(tiny_config, tmp_path):
     assert changed and all(adapted.key_block[k] is None or adapted.key_block[k] in trained_blocks for k in changed)
 
 
+@integration
 def test_resume_is_bitwise_identical(tiny_config, tmp_path):
     config = tiny_config.replace(strategy="fedquad", rounds=3)
     straight = simulate(config, str(tmp_path / "a"), show_progress=False, plots=False)
@@ -76,6 +81,7 @@ def test_resume_is_bitwise_identical(tiny_config, tmp_path):
     assert json.loads(json.dumps(drop_host(straight.history))) == json.loads(json.dumps(drop_host(resumed.history)))
 
 
+@integration
 def test_client_over_budget_fails_and_round_completes(tiny_config, tmp_path):
     """fedlora sends full depth to boards that cannot hold it: they fail as out of memory."""
     result = simulate(tiny_config.replace(strategy="fedlora"), str(tmp_path), show_progress=False, plots=False)
@@ -86,6 +92,7 @@ def test_client_over_budget_fails_and_round_completes(tiny_config, tmp_path):
     assert result.state.round_index == 2 and any(d["status"] == "ok" for d in devices)
 
 
+@integration
 def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
     out = tmp_path / "cmp"
     sets = [f"--set={k}={json.dumps(v)}" for k, v in tiny_config.to_dict().items() if v is not None]
@@ -108,6 +115,7 @@ def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
     assert again["strategies"]["fedquad"]["final_accuracy"] == report["strategies"]["fedquad"]["final_accuracy"]
 
 
+@integration
 def test_profile_group_size_must_match(tiny_config, tmp_path):
     from fedquad.errors import FedquadError
     with pytest.raises(FedquadError, match="group size"):
@@ -115,14 +123,16 @@ def test_profile_group_size_must_match(tiny_config, tmp_path):
 
 
 def test_bad_config_is_one_line_error(tmp_path, capsys):
+    from fedquad.errors import FedquadError
     assert main(["simulate", "--set", "rounds=0", "--out", str(tmp_path)]) == 2
     assert "rounds" in capsys.readouterr().err
     assert main(["simulate", "--set", "bogus=1", "--out", str(tmp_path)]) == 2
     assert main(["compare", "--strategies", "fedquad,nope", "--out", str(tmp_path)]) == 2
-    with pytest.raises(Exception):
+    with pytest.raises(FedquadError, match="does not exist"):
         load_config(str(tmp_path / "missing.json"))
 
 
+@integration
 def test_causal_lm_task_runs_through_simulate_and_compare(tmp_path):
     """Decoders are first-class: a tiny LLaMA on the generated causal-LM task, two strategies."""
     config = SimConfig(model="tiny-llama-lm", task="synthetic-lm", train_examples=240, eval_examples=32, max_len=24,
@@ -152,7 +162,7 @@ def test_bad_input_fails_in_one_line_before_any_checkpoint(tmp_path, capsys, ove
     assert main(["simulate", *[f"--set={o}" for o in overrides], "--out", str(out), "--quiet"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not progress bars
     assert len(errors) == 1 and needle in errors[0].lower(), errors
-    assert not (out / "checkpoint").exists()
+    assert not out.exists(), "a failed run leaves no folder (issue 13 item 10)"
 
 
 def test_data_file_without_label_column_is_refused(tmp_path, capsys):
@@ -160,3 +170,53 @@ def test_data_file_without_label_column_is_refused(tmp_path, capsys):
     data.write_text("sentence\tscore\nhello there\t1\n")
     assert main(["simulate", f"--set=task={data}", "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "label" in capsys.readouterr().err.lower()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: no `except Exception` cleanup of the code under test runs."""
+
+
+def _kill_at_nth(monkeypatch, step: str, n: int) -> None:
+    from fedquad.sim import checkpoint
+    seen = []
+
+    def after(name):
+        if name == step:
+            seen.append(name)
+            if len(seen) == n:
+                raise _Killed(name)
+    monkeypatch.setattr(checkpoint, "_after_step", after)
+
+
+def _results(out) -> dict:
+    """A comparison's figures without the host timings (those differ run to run)."""
+    report = json.loads((out / "comparison.json").read_text())
+    return {name: {k: v for k, v in s.items() if not k.startswith("host")} for name, s in report["strategies"].items()}
+
+
+@integration
+def test_compare_resumes_keeping_finished_runs(tiny_config, tmp_path, monkeypatch, capsys):
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in tiny_config.to_dict().items() if v is not None]
+    argv = ["compare", *sets, "--strategies", "fedquad,fedlora", "--target-accuracy", "0.5", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "cmp"
+    _kill_at_nth(monkeypatch, "state", 3)  # fedquad's two rounds done, fedlora killed in its first checkpoint
+    with pytest.raises(_Killed):
+        main([*argv, "--out", str(out)])
+    monkeypatch.undo()
+    assert (out / "fedquad" / "history.json").is_file() and not (out / "comparison.json").exists()
+    kept = (out / "fedquad" / "checkpoint" / "state.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(out), "--quiet"]) == 0
+    assert (out / "fedquad" / "checkpoint" / "state.json").stat().st_mtime_ns == kept, "a finished run is kept"
+    assert _results(out) == _results(tmp_path / "straight")
+    # --report-only without --strategies reports the strategies that ran (saved plan, or the run folders)
+    assert main(["compare", "--report-only", "--out", str(out), "--target-accuracy", "0.99", "--quiet"]) == 0
+    assert list(json.loads((out / "comparison.json").read_text())["strategies"]) == ["fedquad", "fedlora"]
+    (out / "compare.json").rename(tmp_path / "plan.json")
+    assert main(["compare", "--report-only", "--out", str(out), "--quiet"]) == 0
+    assert list(json.loads((out / "comparison.json").read_text())["strategies"]) == ["fedquad", "fedlora"]
+    (tmp_path / "plan.json").rename(out / "compare.json")
+    # a resume may extend every run, nothing else
+    assert main(["compare", "--resume", str(out), "--set", "rounds=3", "--quiet"]) == 0
+    assert all(s["rounds"] == 3 for s in _results(out).values())

@@ -80,7 +80,7 @@ def test_hetlora_rank_grows_with_capacity():
 
 def test_hetlora_merge_averages_each_component_over_its_trainers():
     from fedquad.aggregation import aggregate_ranked
-    g = {"m.lora_A.weight": torch.zeros(4, 3), "m.lora_B.weight": torch.zeros(5, 4)}
+    g = {"m.lora_A.weight": torch.ones(4, 3), "m.lora_B.weight": torch.ones(5, 4)}  # updates within 10x its norm
     full = {"m.lora_A.weight": torch.ones(4, 3), "m.lora_B.weight": torch.ones(5, 4)}
     low = {"m.lora_A.weight": torch.cat([3 * torch.ones(2, 3), torch.zeros(2, 3)]),
            "m.lora_B.weight": torch.cat([3 * torch.ones(5, 2), torch.zeros(5, 2)], 1)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from fedquad.cli.main import positive_int
+from fedquad.cli.main import positive_int, seed_int
 
 
 def add_model_args(p) -> None:
@@ -22,7 +22,7 @@ def add_model_args(p) -> None:
     g.add_argument("--seq-len", type=positive_int, default=64, help="tokens per example")
     g.add_argument("--group-size", type=positive_int, default=128, help="quantization group size")
     g.add_argument("--quantizer", default="auto", choices=["auto", "fast", "reference"], help="quantizer implementation")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed (0 to 2**63 - 1)")
 
 
 def load_from_args(args):

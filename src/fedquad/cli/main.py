@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    for action in sub._choices_actions:  # a command without its own description shows its one-line help
+        command = sub.choices[action.dest]
+        if command.description is None:
+            command.description = action.help
     return parser
 
 
@@ -58,10 +62,27 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # the same bound as SimConfig.seed (fedquad.sim.config.MAX_SEED)
+
+
+def seed_int(text: str) -> int:
+    """argparse type for seeds: every command takes the same range (negatives crash numpy)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**63 - 1], got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights never come from a hub here
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed in one line)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         return int(args.func(args) or 0)
     except FedquadError as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedquad.cli._common import add_model_args, load_from_args, mib, print_json
-from fedquad.cli.main import non_negative_int
+from fedquad.cli.main import non_negative_int, positive_int
 
 
 def add_parser(sub) -> None:
@@ -16,7 +16,10 @@ def add_parser(sub) -> None:
     p.add_argument("--bits", type=int, default=8, help="4 or 8")
     p.add_argument("--placement", default="bottom", choices=["bottom", "top"], help="which trainable blocks are quantized")
     p.add_argument("--sweep", action="store_true", help="measure every (depth, quant_layers) at --bits")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per plan, interleaved with the unquantized reference; medians reported")
+    p.add_argument("--json", action="store_true", help="machine-readable output (no progress output)")
+    p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=run)
 
 
@@ -35,18 +38,17 @@ def run(args) -> int:
     batch = generated_batch(adapted, args.batch_size, args.seq_len, args.seed)
     quant = QuantSettings(bits=args.bits, group_size=args.group_size, quantizer=args.quantizer)
     if args.sweep:
-        from rich.progress import Progress
+        from fedquad.sim.progress import StepProgress
         total = (adapted.num_blocks + 1) * (adapted.num_blocks + 2) // 2
-        with Progress(transient=True, disable=args.json) as progress:
-            task = progress.add_task("sweeping plans", total=total)
-            reports = sweep(adapted, args.bits, batch, quant, args.seed, args.placement,
-                            progress=lambda: progress.advance(task))
+        with StepProgress(f"measuring every plan of {adapted.name} at int{args.bits}", total,
+                          enabled=not (args.quiet or args.json), unit="plans") as bar:
+            reports = sweep(adapted, args.bits, batch, quant, args.seed, args.placement, progress=bar)
         if args.json:
             print_json({"model": adapted.name, "bits": args.bits, "plans": [r.to_dict() for r in reports]})
         else:
             _print_sweep(reports)
         return 0
-    report = probe_memory(adapted, plan, batch, quant, args.seed)
+    report = probe_memory(adapted, plan, batch, quant, args.seed, repeats=args.repeats)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -71,8 +73,9 @@ def _print_report(r: dict) -> None:
     console = Console()
     console.print(t)
     console.print(f"outside the blocks (embeddings, head): {mib(r['outside_bytes'])} MiB")
-    console.print(f"step: {r['step_s'] * 1e3:.1f} ms (unquantized: {r['reference_step_s'] * 1e3:.1f} ms)   "
-                  f"peak RSS: {mib(r['peak_rss_bytes'])} MiB")
+    ratio = f", {r['step_s'] / r['reference_step_s']:.2f}x" if r["reference_step_s"] else ""
+    console.print(f"step: {r['step_s'] * 1e3:.1f} ms (unquantized: {r['reference_step_s'] * 1e3:.1f} ms{ratio})   "
+                  f"compile: {r['warmup_s']:.2f} s (untimed)   peak RSS: {mib(r['peak_rss_bytes'])} MiB")
     if "cuda_max_memory_allocated_bytes" in r:
         console.print(f"CUDA max memory allocated: {mib(r['cuda_max_memory_allocated_bytes'])} MiB")
     if r["grad_cosine_min"] is not None:

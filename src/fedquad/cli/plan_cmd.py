@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedquad.cli.main import non_negative_int
+from fedquad.cli.main import non_negative_int, seed_int
 from fedquad.errors import FedquadError
 
 MiB = 2 ** 20
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
                    help="shipped scenario name (jetson-small, jetson-mixed, laptops) or a scenario JSON file")
     p.add_argument("--profile", required=True, help="profile JSON written by `fedquad profile`, or a shipped profile name (minilm-b16-s64)")
     p.add_argument("--round", type=non_negative_int, default=0, help="round whose device state to plan for")
-    p.add_argument("--seed", type=int, default=None, help="seed of the device draw and dynamics (default: scenario's)")
+    p.add_argument("--seed", type=seed_int, default=None, help="seed of the device draw and dynamics (default: scenario's)")
     p.add_argument("--no-quant", action="store_true", help="never quantize saved activations (depth-only baseline)")
     p.add_argument("--bits", default="8,4", help="bit widths the planner may use, comma-separated (default 8,4)")
     p.add_argument("--placement", default="bottom", choices=["bottom", "top"],
@@ -37,18 +37,15 @@ def _bits(text: str) -> tuple[int, ...]:
 def run(args) -> int:
     from fedquad.costmodel import load_profile
     from fedquad.devices import devices_at_round, draw_devices, load_scenario
-    from fedquad.planner import PlannerConfig, plan_round
+    from fedquad.planner import PlannerConfig
+    from fedquad.planner.participation import require_participants
 
     profile = load_profile(args.profile)
     scenario = load_scenario(args.scenario)
     config = PlannerConfig(allow_quant=not args.no_quant, bits=_bits(args.bits), placement=args.placement)
     seed = scenario.seed if args.seed is None else args.seed
     devices = devices_at_round(draw_devices(scenario, profile, seed), scenario, args.round, seed)
-    result = plan_round(devices, profile, config)
-    if not result.participants:
-        best = max(result.decisions, key=lambda d: d.budget_bytes)
-        raise FedquadError(f"no device of scenario {scenario.name} can take part in round {args.round}; "
-                           f"the one with the largest budget, {best.device_id}: {best.reason}")
+    result = require_participants(devices, profile, scenario.name, f"in round {args.round}", config)
     if args.json:
         from fedquad.cli._common import print_json
         out = {"scenario": scenario.name, "profile": args.profile, "model": profile.model, "round": args.round,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 from fedquad.cli._common import add_model_args, load_from_args
-from fedquad.cli.main import positive_int
+from fedquad.cli.main import non_negative_int, positive_int
 from fedquad.errors import FedquadError
 
 
@@ -18,7 +19,8 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--repeats", type=positive_int, default=7,
                    help="timed steps per profiled plan (median); plans are stepped round-robin")
-    p.add_argument("--warmup", type=positive_int, default=1, help="untimed rounds over all plans before timing")
+    p.add_argument("--warmup", type=non_negative_int, default=1,
+                   help="untimed rounds over all plans before timing (0 = none)")
     p.add_argument("--statistic", default="median", choices=["median", "min"],
                    help="per-plan summary of the timed steps: median, or min on a machine shared with other "
                         "jobs (their load only ever slows a step down)")
@@ -26,20 +28,36 @@ def add_parser(sub) -> None:
                    help="torch CPU threads while profiling (default: torch's choice); 1 is far steadier on "
                         "a small machine that other jobs are also using")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=run)
+
+
+def check_writable_file(path: str) -> None:
+    """One-line error unless `path` names a file this process can create or replace."""
+    if os.path.isdir(path):
+        raise FedquadError(f"--out {path} is a directory; give a file path, e.g. {os.path.join(path, 'profile.json')}")
+    out_dir = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(out_dir):
+        raise FedquadError(f"cannot write {path}: folder {out_dir} does not exist")
+    if not os.path.isdir(out_dir):
+        raise FedquadError(f"cannot write {path}: {out_dir} is a file, not a folder")
+    try:  # a real probe: permission bits say nothing to root, nor about read-only or /proc mounts
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".fedquad-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise FedquadError(f"cannot write {path}: folder {out_dir}: {exc.strerror or exc}") from None
 
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.progress import Progress
 
     from fedquad.client.saved_activations import QuantSettings
     from fedquad.diagnostics.memory import generated_batch, perturb_adapters
     from fedquad.diagnostics.profile import profile_model, profile_steps
+    from fedquad.sim.progress import StepProgress
 
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise FedquadError(f"cannot write {args.out}: directory {out_dir} does not exist")
+    check_writable_file(args.out)  # before minutes of measuring, not after
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
@@ -48,18 +66,24 @@ def run(args) -> int:
     batch = generated_batch(adapted, args.batch_size, args.seq_len, args.seed)
     quant = QuantSettings(group_size=args.group_size, quantizer=args.quantizer)
     total = profile_steps(adapted.num_blocks, args.repeats, args.warmup)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"profiling {adapted.name}", total=total)
+    with StepProgress(f"profiling {adapted.name}", total, enabled=not args.quiet) as bar:
         profile = profile_model(adapted, batch, quant=quant, repeats=args.repeats, warmup=args.warmup,
-                                seed=args.seed, statistic=args.statistic, progress=lambda: progress.advance(task))
+                                seed=args.seed, statistic=args.statistic, progress=bar)
     tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(profile, f, indent=2)
-    os.replace(tmp, args.out)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(profile, f, indent=2)
+        os.replace(tmp, args.out)
+    except OSError as exc:
+        raise FedquadError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     saved = sum(b["saved_bytes"] for b in profile["blocks"])
     Console().print(f"wrote {args.out}: {profile['num_blocks']} blocks, {saved / 2**20:.1f} MiB saved activations at "
                     f"full depth, int8 kept/raw {profile['kept_ratio']['8']:.3f}, int4 {profile['kept_ratio']['4']:.3f}, "
                     f"step {profile['measured_step_s']['by_depth'][-1] * 1e3:.0f} ms at full depth; per-block times "
                     f"fit the measured steps within {profile['timing']['max_abs_rel_residual']:.1%} "
-                    f"({len(profile['timing']['plans'])} plans)")
+                    f"({len(profile['timing']['plans'])} plans); quantizer compile "
+                    f"{profile['timing'].get('quantizer_warmup_s', 0.0):.2f} s (untimed)")
     return 0

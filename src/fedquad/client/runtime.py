@@ -36,7 +36,8 @@ class PlanRuntime:
         if quant.stochastic:  # its own generator: stochastic rounding must not shift dropout's RNG
             generator = torch.Generator(device=adapted.device).manual_seed(seed)
         keep = frozenset({adapted.lora_rank})
-        self.policies = [SavedTensorPolicy(storages, quant if i in self.quantized else None, generator, keep)
+        heads = frozenset(d for d in (_head_dim(adapted.model.config),) if d)  # int4 keeps these at int8
+        self.policies = [SavedTensorPolicy(storages, quant if i in self.quantized else None, generator, keep, heads)
                          for i in range(L)]
         self.outside = SavedTensorPolicy(storages, None)
         self._handles: list = []
@@ -93,13 +94,23 @@ class PlanRuntime:
             yield self
 
     def block_bytes(self) -> list[BlockBytes]:
-        return [p.bytes for p in self.policies]
+        return [p.settle() for p in self.policies]  # settle: CUDA keep-raw decisions still in flight
 
     def outside_bytes(self) -> BlockBytes:
-        return self.outside.bytes
+        return self.outside.settle()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.adapted.parameter(k) for k in self.trainable_keys]
+
+
+def _head_dim(config) -> int | None:
+    """Per-head attention width (transformers configs map hidden_size / num_attention_heads for
+    every family); None when the config does not say."""
+    explicit = getattr(config, "head_dim", None)
+    if explicit:
+        return int(explicit)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    return hidden // heads if hidden and heads else None
 
 
 @contextlib.contextmanager

@@ -52,11 +52,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedquad.costmodel.profile import (ADAMW_STATE_FACTOR, PROFILE_BITS, BlockProfile, HeadProfile, Profile,
+                                       profile_document, profile_from_dict)
 from fedquad.errors import FedquadError
 
-SCHEMA_VERSION = 2
-PROFILE_BITS = (8, 4)
-ADAMW_STATE_FACTOR = 3.0  # as `fedquad profile` records it: gradient + two AdamW moments per trainable byte
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 FAMILIES = ("llama", "mistral", "qwen2")
 MIN_NUMEL = 1024  # QuantSettings.min_numel default: smaller tensors are kept raw
@@ -191,23 +190,32 @@ def outside_inventory(shape: DecoderShape, batch: int, seq: int) -> list[SavedTe
 
 
 def packed_bytes(numel: int, bits: int, group_size: int) -> int:
-    """What the quantizer keeps of `numel` elements: the codes plus two float32 per group."""
-    return -(-numel * bits // 8) + 8 * -(-numel // group_size)
+    """What the pack hook keeps of `numel` elements with QuantSettings' defaults (torch-free mirror of
+    `fedquad.quant.stored.stored_nbytes`): the codes, a scale and a minimum per group (float32 at int8,
+    bfloat16 at int4), and at int4 one rotation flag bit per group (packed 8 to a byte) when the
+    tensor splits into whole power-of-two groups."""
+    groups = -(-numel // group_size)
+    param_bytes = 4 if bits == 8 else 2
+    rotated = bits == 4 and group_size > 1 and not group_size & (group_size - 1) and numel % group_size == 0
+    return -(-numel * bits // 8) + 2 * param_bytes * groups + (-(-groups // 8) if rotated else 0)
 
 
-def kept_bytes(tensors: list[SavedTensor], bits: int, group_size: int, rank: int, min_numel: int = MIN_NUMEL) -> int:
-    """Bytes kept when these tensors belong to a quantized block (the pack hook's skip rules)."""
+def kept_bytes(tensors: list[SavedTensor], bits: int, group_size: int, rank: int, min_numel: int = MIN_NUMEL,
+               head_dim: int | None = None) -> int:
+    """Bytes kept when these tensors belong to a quantized block (the pack hook's skip rules; inside
+    an int4 block, tensors whose last dimension is the head width are kept at int8)."""
     total = 0
     for x in tensors:
         keep_raw = x.numel < min_numel or x.last_dim == rank
-        total += x.nbytes if keep_raw else packed_bytes(x.numel, bits, group_size)
+        b = 8 if bits == 4 and head_dim is not None and x.last_dim == head_dim else bits
+        total += x.nbytes if keep_raw else packed_bytes(x.numel, b, group_size)
     return total
 
 
 def estimate_profile(shape: DecoderShape, *, batch_size: int, seq_len: int, dtype: str = "bfloat16",
                      lora_rank: int = 8, group_size: int = 128, model: str = "estimate",
                      timing_from: tuple[dict, DecoderShape] | None = None, attention: str = "fused") -> dict:
-    """A cost-model profile dict (schema version 2) of `shape`, its bytes from the inventory.
+    """The profile document (costmodel.profile's format) of `shape`, its bytes from the inventory.
 
     Times are not measurable without the model. With `timing_from` = (a measured profile dict,
     the shape of the model it was measured on) every per-block time is the reference's mean
@@ -224,30 +232,27 @@ def estimate_profile(shape: DecoderShape, *, batch_size: int, seq_len: int, dtyp
     mid = block_inventory(shape, batch_size, seq_len, e, lora_rank, attention=attention)
     low = block_inventory(shape, batch_size, seq_len, e, lora_rank, lowest=True, attention=attention)
     saved, saved_low = sum(x.nbytes for x in mid), sum(x.nbytes for x in low)
-    kept = {b: kept_bytes(mid, b, group_size, lora_rank) for b in PROFILE_BITS}
-    kept_low = {b: kept_bytes(low, b, group_size, lora_rank) for b in PROFILE_BITS}
+    kept = {b: kept_bytes(mid, b, group_size, lora_rank, head_dim=shape.dh) for b in PROFILE_BITS}
+    kept_low = {b: kept_bytes(low, b, group_size, lora_rank, head_dim=shape.dh) for b in PROFILE_BITS}
     adapter_block = shape.lora_parameters_per_block(lora_rank) * e
     times = _scaled_times(shape, batch_size, seq_len, timing_from)
-    blocks = [{"index": i, "saved_bytes": saved, "kept_bytes": {str(b): kept[b] for b in PROFILE_BITS},
-               "saved_bytes_lowest": saved_low, "kept_bytes_lowest": {str(b): kept_low[b] for b in PROFILE_BITS},
-               "adapter_bytes": adapter_block, "forward_s": times["forward_s"], "backward_s": times["backward_s"],
-               "quant_s": {str(b): times["quant_s"][b] for b in PROFILE_BITS}} for i in range(shape.layers)]
+    blocks = tuple(BlockProfile(index=i, saved_bytes=saved, kept_bytes=kept, saved_bytes_lowest=saved_low,
+                                kept_bytes_lowest=kept_low, adapter_bytes=adapter_block,
+                                forward_s=times["forward_s"], backward_s=times["backward_s"],
+                                quant_s=dict(times["quant_s"])) for i in range(shape.layers))
     dtype_name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
-    return {
-        "schema_version": SCHEMA_VERSION, "model": model, "family": shape.family, "task": "causal-lm",
-        "num_blocks": shape.layers, "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype_name,
-        "device": times["device"], "group_size": group_size, "machine_gflops": times["machine_gflops"],
-        "frozen_weight_bytes": shape.parameters() * e, "adapter_bytes": adapter_block * shape.layers,
-        "head_adapter_bytes": 0, "optimizer_bytes_per_trainable_byte": ADAMW_STATE_FACTOR,
-        "workspace_bytes": saved, "embedding_forward_s": 0.0,
-        "head": {"saved_bytes": sum(x.nbytes for x in outside_inventory(shape, batch_size, seq_len)),
-                 "saved_bytes_depth0": 0, "forward_s": times["head_forward_s"], "backward_s": 0.0},
-        "kept_ratio": {str(b): kept[b] / saved for b in PROFILE_BITS},
-        "blocks": blocks,
-        "estimate": {"method": "config-only saved-tensor inventory (fedquad.costmodel.llm_estimate)",
-                     "attention": attention,
-                     "timing_source": times["source"], "parameters": shape.parameters()},
-    }
+    profile = Profile(
+        model=model, family=shape.family, num_blocks=shape.layers, batch_size=batch_size, seq_len=seq_len,
+        dtype=dtype_name, device=times["device"], group_size=group_size, machine_gflops=times["machine_gflops"],
+        frozen_weight_bytes=shape.parameters() * e, adapter_bytes=adapter_block * shape.layers,
+        head_adapter_bytes=0, optimizer_bytes_per_trainable_byte=ADAMW_STATE_FACTOR,
+        workspace_bytes=saved, embedding_forward_s=0.0,
+        head=HeadProfile(saved_bytes=sum(x.nbytes for x in outside_inventory(shape, batch_size, seq_len)),
+                         saved_bytes_depth0=0, forward_s=times["head_forward_s"], backward_s=0.0),
+        blocks=blocks, kept_ratio={b: kept[b] / saved for b in PROFILE_BITS})
+    return profile_document(profile, task="causal-lm", estimate={
+        "method": "config-only saved-tensor inventory (fedquad.costmodel.llm_estimate)", "attention": attention,
+        "timing_source": times["source"], "parameters": shape.parameters()})
 
 
 def _block_flops(shape: DecoderShape, batch: int, seq: int) -> float:
@@ -280,23 +285,11 @@ def _scaled_times(shape: DecoderShape, batch: int, seq: int, timing_from) -> dic
 # ----------------------------------------------------------------------------- feasibility
 
 def deepest_feasible(profile, budget_bytes: float, bits: int | None) -> tuple[int, int] | None:
-    """(depth, quantized blocks) of the deepest plan whose cost-model memory fits `budget_bytes`,
-    with the fewest quantized blocks at that depth; `bits=None` allows no quantization. None when
-    not even depth 0 fits. `profile`: a Profile or a profile dict."""
-    from fedquad.costmodel import cost_model, profile_from_dict
+    """CostModel.deepest_fitting of `profile` (a Profile or a profile dict)."""
+    from fedquad.costmodel import cost_model
     if isinstance(profile, dict):
         profile = profile_from_dict(profile)
-    cm = cost_model(profile)
-    for depth in range(cm.num_blocks, -1, -1):
-        if bits is None:
-            if cm.costs(depth, 0)[0] <= budget_bytes:
-                return depth, 0
-            continue
-        if cm.costs(depth, depth, bits)[0] > budget_bytes:
-            continue
-        q = next(q for q in range(depth + 1) if cm.costs(depth, q, bits)[0] <= budget_bytes)
-        return depth, q
-    return None
+    return cost_model(profile).deepest_fitting(budget_bytes, bits)
 
 
 def gib(nbytes: float) -> float:

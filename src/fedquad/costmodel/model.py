@@ -1,4 +1,4 @@
-"""Cost model (DESIGN section 4): memory, step time and round time of a ClientPlan.
+"""Cost model (docs/design.md, "Cost model"): memory, step time and round time of a ClientPlan.
 
     M(plan)    = frozen + adapter + opt * (head_adapter + sum_trainable adapter_l) + workspace + A(plan)
     A(plan)    = head.saved (head.saved_bytes_depth0 at depth 0)
@@ -142,6 +142,19 @@ class CostModel:
         _, step, upload = self.costs(plan.depth, plan.quant_layers, plan.bits, plan.placement)
         return RoundTimeBreakdown(compute_s=local_steps * step / speed, download_s=self.download_bytes / down_Bps,
                                   upload_s=upload / up_Bps)
+
+    def deepest_fitting(self, budget_bytes: float, bits: int | None = None) -> tuple[int, int] | None:
+        """(depth, quant_layers) of the deepest plan whose memory fits `budget_bytes`, with the
+        fewest quantized (bottom) blocks at that depth; `bits=None` allows no quantization. None
+        when not even depth 0 fits. Memory need not grow with depth (a profile is hand-editable),
+        so every depth is tried, deepest first."""
+        for depth in range(self.num_blocks, -1, -1):
+            if bits is None:
+                if self.costs(depth, 0)[0] <= budget_bytes:
+                    return depth, 0
+            elif self.costs(depth, depth, bits)[0] <= budget_bytes:
+                return depth, next(q for q in range(depth + 1) if self.costs(depth, q, bits)[0] <= budget_bytes)
+        return None
 
     def full_footprint_bytes(self) -> float:
         """Memory of full-depth, unquantized training: the yardstick for `fraction` budgets."""

@@ -1,11 +1,18 @@
-"""Profile: the measured inputs of the cost model (DESIGN section 4), loaded and validated.
+"""The profile format: the measured inputs of the cost model (docs/design.md, "Cost model").
 
-`fedquad profile` writes the JSON; this module reads it. Schema version 2 adds, per block, the
-bytes it saves as the lowest trainable block (`saved_bytes_lowest`, `kept_bytes_lowest`); a
-version-1 file is still read, with those equal to the ordinary per-block bytes (which can
-over-state a plan by the part of one block's input that needs no gradient). Every problem with
-a file is a FedquadError whose one-line message names the file and the field, because the
-profile is hand-editable and the planner's answers are only as good as these numbers.
+This module is the one owner of the JSON format that `fedquad profile` writes (measured,
+diagnostics/profile.py), that `costmodel.llm_estimate` writes (from a decoder config) and that
+the tests' synthetic profiles use: the dataclasses, the current schema version, the upgrade of
+older versions, validation (`profile_from_dict`) and serialisation (`profile_to_dict`, and
+`profile_document` for a writer that adds its information sections). A writer builds a Profile
+and serialises it here; it never writes the fields by hand.
+
+Versions: 2 adds, per block, the bytes it saves as the lowest trainable block
+(`saved_bytes_lowest`, `kept_bytes_lowest`). A version-1 file is upgraded on reading, with those
+equal to the ordinary per-block bytes (which can over-state a plan by the part of one block's
+input that needs no gradient); `Profile.upgraded` says so. Every problem with a file is a
+FedquadError whose one-line message names the file and the field, because the profile is
+hand-editable and the planner's answers are only as good as these numbers.
 
 Shipped profiles (resources/profiles/NAME.json) can be named instead of given by path.
 Pure Python: no torch.
@@ -13,6 +20,7 @@ Pure Python: no torch.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -26,6 +34,10 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 PROFILE_DIR = "resources/profiles"
 PROFILE_BITS = (8, 4)
+ADAMW_STATE_FACTOR = 3.0  # gradient + exp_avg + exp_avg_sq per trainable byte (AdamW, fp32 state)
+# Sections a writer may add beside the cost-model fields: kept in the file for people and tools
+# (what was measured and how), ignored by the cost model. Anything else is a typo or a new field.
+INFO_SECTIONS = ("task", "measured_step_s", "timing", "estimate")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,8 @@ class Profile:
     blocks: tuple[BlockProfile, ...] = field(metadata={"help": "per-block measurements, index order"})
     kept_ratio: dict[int, float] = field(default_factory=dict, metadata={"help": "kept/raw ratio per bits (info)"})
     source: str = field(default="<dict>", compare=False, metadata={"help": "where the profile came from (messages)"})
+    upgraded: tuple[str, ...] = field(default=(), compare=False, metadata={
+        "help": "what reading an older schema version filled in, one line each (empty: read as written)"})
 
 
 def list_profiles() -> list[str]:
@@ -117,11 +131,10 @@ def load_profile(path: str) -> Profile:
     return profile_from_dict(data, source=path)
 
 
-def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
-    """Validate a profile dict (as `fedquad profile` writes it). Extra fields are ignored."""
+def upgrade_profile_dict(data: dict, source: str = "<dict>") -> tuple[dict, tuple[str, ...]]:
+    """`data` at the current schema version (a copy when anything changed) and one line per step
+    of the upgrade; an unreadable version is a FedquadError that names the file."""
     r = _Reader(source)
-    if not isinstance(data, dict):
-        r.fail("", f"must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if version is None:
         r.fail("schema_version", f"is missing (expected {SCHEMA_VERSION})")
@@ -129,13 +142,43 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
         readable = " and ".join(str(v) for v in READABLE_VERSIONS)
         r.fail("schema_version",
                f"is {version!r}, this fedquad reads versions {readable}; re-run `fedquad profile`")
+    notes = []
+    while version != SCHEMA_VERSION:
+        data, note = _UPGRADES[version](copy.deepcopy(data), r)
+        version = data["schema_version"]
+        notes.append(note)
+    return data, tuple(notes)
+
+
+def _v1_to_v2(data: dict, r: "_Reader") -> tuple[dict, str]:
+    blocks = r.get(data, "blocks")
+    for i, b in enumerate(blocks if isinstance(blocks, list) else []):
+        if isinstance(b, dict):  # anything else fails validation with its own message
+            b.setdefault("saved_bytes_lowest", b.get("saved_bytes"))
+            kept = b.get("kept_bytes")
+            b.setdefault("kept_bytes_lowest", dict(kept) if isinstance(kept, dict) else kept)
+    data["schema_version"] = 2
+    return data, ("schema version 1 -> 2: no lowest-trainable-block bytes, the ordinary per-block bytes stand "
+                  "in for them (a plan's memory may be over-stated by part of one block's input)")
+
+
+_UPGRADES = {1: _v1_to_v2}
+
+
+def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
+    """Validate a profile dict (as `fedquad profile` writes it), upgrading an older schema version.
+    Information sections and unknown fields are ignored."""
+    r = _Reader(source)
+    if not isinstance(data, dict):
+        r.fail("", f"must be a JSON object, got {type(data).__name__}")
+    data, upgraded = upgrade_profile_dict(data, source)
     num_blocks = r.integer(data, "num_blocks", minimum=1)
     blocks_data = r.get(data, "blocks")
     if not isinstance(blocks_data, list):
         r.fail("blocks", f"must be a list, got {type(blocks_data).__name__}")
     if len(blocks_data) != num_blocks:
         r.fail("blocks", f"has {len(blocks_data)} entries but num_blocks is {num_blocks}")
-    blocks = tuple(_block(r, b, i, version) for i, b in enumerate(blocks_data))
+    blocks = tuple(_block(r, b, i) for i, b in enumerate(blocks_data))
     head = r.obj(data, "head")
     depth0 = head.get("saved_bytes_depth0")
     kept_ratio = data.get("kept_ratio") or {}
@@ -159,7 +202,7 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
             saved_bytes_depth0=None if depth0 is None else r.integer(head, "saved_bytes_depth0", "head.")),
         blocks=blocks,
         kept_ratio={int(k): r.number(kept_ratio, k, "kept_ratio.") for k in kept_ratio if k in ("8", "4")},
-        source=source,
+        source=source, upgraded=upgraded,
     )
 
 
@@ -188,7 +231,27 @@ def profile_to_dict(profile: Profile) -> dict:
     }
 
 
-def _block(r: "_Reader", b: Any, i: int, version: int) -> BlockProfile:
+def profile_document(profile: Profile, **info: Any) -> dict:
+    """What a writer saves: `profile` serialised, checked by reading it back (a writer's bug fails
+    here with the field's name, not later in the planner), plus the information sections `info`
+    (names from INFO_SECTIONS; None values are left out)."""
+    unknown = sorted(set(info) - set(INFO_SECTIONS))
+    if unknown:
+        raise ValueError(f"profile sections {unknown} are not information sections {INFO_SECTIONS}")
+    data = profile_to_dict(profile)
+    if profile_from_dict(data, source=f"being written for {profile.model}") != profile:
+        raise ValueError(f"profile of {profile.model} does not survive serialisation (check its bits keys)")
+    data.update({k: v for k, v in info.items() if v is not None})
+    return data
+
+
+def kept_ratio_of(blocks) -> dict[int, float]:
+    """Kept/raw bytes per bits over all blocks (the profile's information field `kept_ratio`)."""
+    saved = sum(b.saved_bytes for b in blocks)
+    return {bits: sum(b.kept_bytes[bits] for b in blocks) / saved if saved else 1.0 for bits in PROFILE_BITS}
+
+
+def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
     prefix = f"blocks[{i}]."
     if not isinstance(b, dict):
         r.fail(f"blocks[{i}]", f"must be an object, got {type(b).__name__}")
@@ -197,15 +260,12 @@ def _block(r: "_Reader", b: Any, i: int, version: int) -> BlockProfile:
         r.fail(f"{prefix}index", f"is {index}, expected {i} (blocks must be listed in index order)")
     kept = r.obj(b, "kept_bytes", prefix)
     quant = r.obj(b, "quant_s", prefix)
-    saved_lowest = kept_lowest = None
-    if version >= 2:  # version 1 has no lowest-block bytes: BlockProfile then uses the ordinary ones
-        saved_lowest = r.integer(b, "saved_bytes_lowest", prefix)
-        kl = r.obj(b, "kept_bytes_lowest", prefix)
-        kept_lowest = {bits: r.integer(kl, str(bits), f"{prefix}kept_bytes_lowest.") for bits in PROFILE_BITS}
+    kl = r.obj(b, "kept_bytes_lowest", prefix)
     return BlockProfile(
         index=index, saved_bytes=r.integer(b, "saved_bytes", prefix),
         kept_bytes={bits: r.integer(kept, str(bits), f"{prefix}kept_bytes.") for bits in PROFILE_BITS},
-        saved_bytes_lowest=saved_lowest, kept_bytes_lowest=kept_lowest,
+        saved_bytes_lowest=r.integer(b, "saved_bytes_lowest", prefix),
+        kept_bytes_lowest={bits: r.integer(kl, str(bits), f"{prefix}kept_bytes_lowest.") for bits in PROFILE_BITS},
         adapter_bytes=r.integer(b, "adapter_bytes", prefix), forward_s=r.number(b, "forward_s", prefix),
         backward_s=r.number(b, "backward_s", prefix),
         quant_s={bits: r.number(quant, str(bits), f"{prefix}quant_s.") for bits in PROFILE_BITS},

@@ -1,9 +1,11 @@
-"""Tokenize once, then iterate length-bucketed, padded batches of torch tensors.
+"""Tokenized data, its cache, and length-bucketed, padded batches of torch tensors.
 
 Tokenizing SST-2 (67k rows) takes seconds and every simulated device, round and strategy reads
 the same rows, so token ids are computed once per (tokenizer, max_len, data) and kept in memory
 (and optionally in a safetensors file under a cache dir). They are stored ragged, as one flat
-int32 array plus offsets, and padded only per batch.
+int32 array plus offsets, and padded only per batch. How a kind of task turns text into token
+ids lives with that kind (`fedquad.tasks`); this module only holds and caches the result
+(`cached_tokens`) and batches it.
 
 Bucketing: the (shuffled) order is cut into chunks of `bucket_batches` batches, each chunk is
 sorted by length and cut into batches, and the batch order is shuffled again. Batches then hold
@@ -20,17 +22,15 @@ import os
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from fedquad.datasets.loaders import TextClassificationData
 from fedquad.errors import FedquadError
 
 _MEMORY_CACHE: "OrderedDict[tuple, TokenizedData]" = OrderedDict()
 _MEMORY_CACHE_ENTRIES = 8  # a few tasks x splits; bounded so long sessions do not grow without limit
-_TOKENIZE_CHUNK = 4096  # rows per tokenizer call: bounds the tokenizer's temporary Python lists
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,22 +57,44 @@ class TokenizedData:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def collate(self, batch: np.ndarray, width: int) -> dict[str, torch.Tensor]:
+        """Right-padded int64 `{input_ids, attention_mask, [token_type_ids], labels}` of `width`
+        columns for the examples in `batch`, one label per example. A kind of task whose batches
+        look different (causal LM: a label per token) overrides this."""
+        n = len(batch)
+        input_ids = np.full((n, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((n, width), dtype=np.int64)
+        types = np.zeros((n, width), dtype=np.int64) if self.token_type_ids is not None else None
+        for row, i in enumerate(batch):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            input_ids[row, :b - a] = self.ids[a:b]
+            mask[row, :b - a] = 1
+            if types is not None:
+                types[row, :b - a] = self.token_type_ids[a:b]
+        out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        if types is not None:
+            out["token_type_ids"] = torch.from_numpy(types)
+        out["labels"] = torch.from_numpy(self.labels[batch].astype(np.int64))
+        return out
+
 
 def _tokenizer_name(tokenizer) -> str:
     return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
 
 
-def token_cache_key(tokenizer, max_len: int, data: TextClassificationData) -> tuple:
+def token_cache_key(tokenizer, max_len: int, data) -> tuple:
+    """`data` is anything with a content `fingerprint` (every fedquad data type has one)."""
     # The vocabulary size and class guard against two different tokenizers saved at one path.
     return (_tokenizer_name(tokenizer), int(max_len), data.fingerprint, type(tokenizer).__name__, len(tokenizer))
 
 
-def tokenize(data: TextClassificationData, tokenizer, max_len: int, *,
-             cache_dir: str | os.PathLike | None = None) -> TokenizedData:
-    """Token ids for `data`, truncated to `max_len` (pairs: longest-first); cached as described above.
+def cached_tokens(data, tokenizer, max_len: int, make: Callable[[tuple], TokenizedData], *,
+                  cache_dir: str | os.PathLike | None = None) -> TokenizedData:
+    """The tokens of `data`: from the memory cache, else from `cache_dir` (when given), else
+    `make(key)`, which tokenizes; the result is kept in memory and, with `cache_dir`, on disk.
 
-    Causal-LM data (`fedquad.datasets.causal.CausalLMData`) gets its own layout, truncation rule and
-    loss mask (see that module); it is cached in memory only."""
+    Only plain `TokenizedData` round-trips through the disk format: a kind whose tokens carry
+    more (causal LM) passes no cache_dir."""
     if max_len < 4:
         raise FedquadError(f"max_len must be at least 4 tokens, got {max_len}")
     key = token_cache_key(tokenizer, max_len, data)
@@ -81,12 +103,12 @@ def tokenize(data: TextClassificationData, tokenizer, max_len: int, *,
         return _MEMORY_CACHE[key]
     path = None
     result = None
-    if cache_dir is not None and not getattr(data, "is_causal", False):  # causal-LM tokens: memory cache only
+    if cache_dir is not None:
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]
         path = os.path.join(os.fspath(cache_dir), f"tokens-{digest}.safetensors")
         result = _load_cached(path, key)
     if result is None:
-        result = _tokenize(data, tokenizer, max_len, key)
+        result = make(key)
         if path is not None:
             _save_cached(path, result)
     _MEMORY_CACHE[key] = result
@@ -97,33 +119,6 @@ def tokenize(data: TextClassificationData, tokenizer, max_len: int, *,
 
 def clear_token_cache() -> None:
     _MEMORY_CACHE.clear()
-
-
-def _tokenize(data: TextClassificationData, tokenizer, max_len: int, key: tuple) -> TokenizedData:
-    if getattr(data, "is_causal", False):  # CausalLMData: prompt/response layout and loss mask
-        from fedquad.datasets.causal import tokenize_causal
-        return tokenize_causal(data, tokenizer, max_len, key)
-    with_types = "token_type_ids" in getattr(tokenizer, "model_input_names", ())
-    pad = tokenizer.pad_token_id
-    if pad is None:  # causal-LM tokenizers often have no pad token; eos is the usual stand-in
-        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    ids, types, lengths = [], [], []
-    for start in range(0, len(data), _TOKENIZE_CHUNK):
-        stop = min(start + _TOKENIZE_CHUNK, len(data))
-        pairs = None if data.text_pairs is None else list(data.text_pairs[start:stop])
-        enc = tokenizer(list(data.texts[start:stop]), pairs, truncation=True, max_length=max_len, padding=False,
-                        return_attention_mask=False, return_token_type_ids=with_types)
-        for i, row in enumerate(enc["input_ids"]):
-            ids.append(np.asarray(row, dtype=np.int32))
-            lengths.append(len(row))
-            if with_types:
-                types.append(np.asarray(enc["token_type_ids"][i], dtype=np.int8))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
-    return TokenizedData(ids=cat(ids, np.int32), offsets=offsets, labels=np.array(data.labels, dtype=np.int64),
-                         token_type_ids=cat(types, np.int8) if with_types else None, pad_token_id=int(pad),
-                         max_len=int(max_len), key=key)
 
 
 def _save_cached(path: str, tok: TokenizedData) -> None:
@@ -213,21 +208,5 @@ def iterate_batches(tokens: TokenizedData, config: BatchConfig = BatchConfig(), 
 
 
 def collate(tokens: TokenizedData, batch: np.ndarray, width: int) -> dict[str, torch.Tensor]:
-    """Right-padded int64 tensors of `width` columns for the examples in `batch`."""
-    if hasattr(tokens, "collate_rows"):  # causal-LM tokens build per-token labels themselves
-        return tokens.collate_rows(batch, width)
-    n = len(batch)
-    input_ids = np.full((n, width), tokens.pad_token_id, dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    types = np.zeros((n, width), dtype=np.int64) if tokens.token_type_ids is not None else None
-    for row, i in enumerate(batch):
-        a, b = tokens.offsets[i], tokens.offsets[i + 1]
-        input_ids[row, :b - a] = tokens.ids[a:b]
-        mask[row, :b - a] = 1
-        if types is not None:
-            types[row, :b - a] = tokens.token_type_ids[a:b]
-    out = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
-    if types is not None:
-        out["token_type_ids"] = torch.from_numpy(types)
-    out["labels"] = torch.from_numpy(tokens.labels[batch].astype(np.int64))
-    return out
+    """The batch of the examples in `batch`, padded to `width` columns, as `tokens`' kind lays it out."""
+    return tokens.collate(batch, width)

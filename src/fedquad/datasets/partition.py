@@ -9,6 +9,8 @@ always exists when there are enough examples and never loops forever.
 
 All randomness comes from one `numpy.random.Generator` seeded with `seed`: the same labels,
 config and seed give the same partition for every strategy in a comparison.
+
+`holdout_split` sets a seeded, per-label share aside for evaluation (data without an eval split).
 """
 
 from __future__ import annotations
@@ -117,3 +119,32 @@ def label_histograms(labels: Sequence[int] | np.ndarray, parts: Sequence[np.ndar
     labels = np.asarray(labels, dtype=np.int64)
     k = num_labels if num_labels is not None else (int(labels.max()) + 1 if len(labels) else 0)
     return np.stack([np.bincount(labels[p], minlength=k) for p in parts]) if parts else np.zeros((0, k), np.int64)
+
+
+def holdout_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices), both sorted: a seeded share `fraction` held out, per label.
+
+    round(fraction x n) examples are held out (at least one), shared among the labels in proportion
+    to their counts (largest remainders first), so a small file keeps its label mix on both sides;
+    every label keeps at least one training example (a class never trained on cannot be scored).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if not 0 < fraction < 1:
+        raise FedquadError(f"held-out fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    classes, counts = np.unique(labels, return_counts=True)
+    room = counts - 1  # what each label can spare
+    if room.sum() < 1:
+        raise FedquadError(f"cannot hold out evaluation examples from {len(labels)} example(s) whose labels all "
+                           "differ: give an eval file instead")
+    total = min(max(int(round(fraction * len(labels))), 1), int(room.sum()))
+    quota = np.minimum(np.floor(fraction * counts).astype(np.int64), room)
+    order = np.argsort(-(fraction * counts - np.floor(fraction * counts)), kind="stable")
+    while quota.sum() < total:  # hand out the rest by largest remainder, skipping full labels
+        for c in order:
+            if quota.sum() < total and quota[c] < room[c]:
+                quota[c] += 1
+    rng = np.random.default_rng([seed, 0xE7A1])
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)])
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -1,17 +1,13 @@
 """Scenarios: which devices take part, their budgets and links, and how they change per round.
 
 A scenario JSON names counts per device class, a memory budget range per class, bandwidth
-distributions and per-round dynamics. `draw_devices` turns it into concrete Devices for a
-profile (budgets may be relative to the profiled model), `devices_at_round` applies the
-dynamics. Both are deterministic functions of their seed: every random draw comes from a
-generator seeded by (seed, device, round, purpose), never from shared state, so round 17 of a
-run looks the same whether or not rounds 0-16 were computed first (resume, replanning).
-Pure Python: no torch.
+distributions and per-round dynamics. This module holds the scenario types and the file format
+(`parse_scenario`, `load_scenario`: every mistake in a file is a one-line error naming the field);
+turning a scenario into Devices is `fedquad.devices.sampling`. Pure Python: no torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -19,9 +15,7 @@ import random
 from dataclasses import dataclass, field
 from importlib import resources
 
-from fedquad.costmodel.model import cost_model
-from fedquad.costmodel.profile import Profile
-from fedquad.devices.catalog import DeviceClass, device_class, load_catalog
+from fedquad.devices.catalog import DeviceClass, load_catalog
 from fedquad.errors import FedquadError
 
 SCENARIO_DIR = "resources/scenarios"
@@ -102,6 +96,8 @@ class _Fields:
 
     def pair(self, d: dict, key: str, path: str, default=None, lo=0.0, hi=math.inf) -> tuple[float, float]:
         value = d.get(key, default)
+        if value is None:
+            self.fail(path + key, "is missing (a [low, high] pair)")
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             self.fail(path + key, f"must be a [low, high] pair, got {value!r}")
         for x in value:
@@ -113,6 +109,8 @@ class _Fields:
         return float(a), float(b)
 
     def bandwidth(self, d, path: str) -> BandwidthDist:
+        if d is None:
+            self.fail(path, "is missing (an object with 'dist' and its parameters)")
         if not isinstance(d, dict):
             self.fail(path, f"must be an object, got {d!r}")
         kind = d.get("dist")
@@ -131,6 +129,8 @@ class _Fields:
             if value <= 0:
                 self.fail(path + ".Mbps", "must be positive")
             return BandwidthDist("fixed", low_Mbps=value)
+        if kind is None:
+            self.fail(path + ".dist", "is missing (uniform, lognormal or fixed)")
         self.fail(path + ".dist", f"must be uniform, lognormal or fixed, got {kind!r}")
 
 
@@ -139,12 +139,18 @@ def parse_scenario(data, source: str, catalog: dict[str, DeviceClass]) -> Scenar
     if not isinstance(data, dict):
         raise FedquadError(f"scenario {source}: must be a JSON object")
     mode = data.get("budget_mode")
+    if mode is None:
+        f.fail("budget_mode", f"is missing (one of {', '.join(BUDGET_MODES)})")
     if mode not in BUDGET_MODES:
         f.fail("budget_mode", f"must be one of {', '.join(BUDGET_MODES)}, got {mode!r}")
     bw = data.get("bandwidth_Mbps")
+    if bw is None:
+        f.fail("bandwidth_Mbps", "is missing (an object with 'up' and 'down' distributions)")
     if not isinstance(bw, dict):
         f.fail("bandwidth_Mbps", "must be an object with 'up' and 'down' distributions")
     entries = data.get("devices")
+    if entries is None:
+        f.fail("devices", "is missing (a non-empty list of {class, count, budget})")
     if not isinstance(entries, list) or not entries:
         f.fail("devices", "must be a non-empty list of {class, count, budget}")
     classes = []
@@ -153,10 +159,14 @@ def parse_scenario(data, source: str, catalog: dict[str, DeviceClass]) -> Scenar
         if not isinstance(e, dict):
             f.fail(path[:-1], f"must be an object, got {e!r}")
         name = e.get("class")
+        if name is None:
+            f.fail(path + "class", f"is missing (a device class, one of {', '.join(sorted(catalog))})")
         if name not in catalog:
             raise FedquadError(f"scenario {source}: {path}class: unknown device class {name!r} "
                                f"(known: {', '.join(sorted(catalog))})")
         count = e.get("count")
+        if count is None:
+            f.fail(path + "count", "is missing (how many devices of this class)")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             f.fail(path + "count", f"must be a positive integer, got {count!r}")
         low, high = f.pair(e, "budget", path)
@@ -171,6 +181,8 @@ def parse_scenario(data, source: str, catalog: dict[str, DeviceClass]) -> Scenar
             up=f.bandwidth(cbw["up"], path + "bandwidth_Mbps.up") if "up" in cbw else None,
             down=f.bandwidth(cbw["down"], path + "bandwidth_Mbps.down") if "down" in cbw else None))
     dyn = data.get("dynamics", {})
+    if not isinstance(dyn, dict):
+        f.fail("dynamics", f"must be an object, got {dyn!r}")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         f.fail("seed", f"must be an integer, got {seed!r}")
@@ -190,26 +202,6 @@ def parse_scenario(data, source: str, catalog: dict[str, DeviceClass]) -> Scenar
         description=str(data.get("description", "")), source=source)
 
 
-@dataclass(frozen=True)
-class Device:
-    device_id: str = field(metadata={"help": "stable id, e.g. jetson-tx2-0"})
-    device_class: str = field(metadata={"help": "catalog class name"})
-    budget_bytes: int = field(metadata={"help": "memory the plan may use this round"})
-    speed: float = field(metadata={"help": "throughput relative to the profiling machine this round"})
-    up_Bps: float = field(metadata={"help": "upload bandwidth, bytes per second"})
-    down_Bps: float = field(metadata={"help": "download bandwidth, bytes per second"})
-    local_steps: int = field(default=1, metadata={"help": "training steps per round"})
-    data_weight: float = field(default=1.0, metadata={"help": "relative amount of local data (utility weight)"})
-    power_mode: str = field(default="", metadata={"help": "power mode this round"})
-    background_load: float = field(default=0.0, metadata={"help": "fraction of compute taken by other work"})
-    base_budget_bytes: int | None = field(default=None, metadata={"help": "budget before free-memory drops"})
-    base_speed: float | None = field(default=None, metadata={"help": "speed in the fastest mode, no load"})
-    initial_power_mode: str = field(default="", metadata={"help": "power mode drawn with the device"})
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 def list_scenarios() -> list[str]:
     folder = resources.files("fedquad").joinpath(SCENARIO_DIR)
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
@@ -226,6 +218,8 @@ def load_scenario(name_or_path: str, catalog: dict[str, DeviceClass] | None = No
             raise FedquadError(f"cannot read scenario {name_or_path}: {exc}") from None
         except json.JSONDecodeError as exc:
             raise FedquadError(f"scenario {name_or_path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    elif os.path.isdir(name_or_path):
+        raise FedquadError(f"scenario {name_or_path} is a directory, not a scenario JSON file")
     elif name_or_path in list_scenarios():
         source = f"{SCENARIO_DIR}/{name_or_path}.json"
         data = json.loads(resources.files("fedquad").joinpath(source).read_text())
@@ -233,85 +227,3 @@ def load_scenario(name_or_path: str, catalog: dict[str, DeviceClass] | None = No
         raise FedquadError(f"unknown scenario {name_or_path!r}: not a file, and not a shipped scenario "
                            f"({', '.join(list_scenarios())})")
     return parse_scenario(data, source, load_catalog() if catalog is None else catalog)
-
-
-def _rng(*parts) -> random.Random:
-    # str seeds are hashed with SHA-512 by random.Random: stable across runs and PYTHONHASHSEED
-    return random.Random(":".join(str(p) for p in parts))
-
-
-def budget_bytes_for(scenario: Scenario, profile: Profile, value: float) -> int:
-    """A budget value of the scenario's budget_mode in bytes, for this profile's model."""
-    cm = cost_model(profile)
-    if scenario.budget_mode == "absolute":
-        return int(value)
-    if scenario.budget_mode == "fraction":
-        return int(value * cm.full_footprint_bytes())
-    head_only = cm.head_only_bytes()  # "headroom": 0 = head only fits, 1 = full depth unquantized fits
-    return int(head_only + value * (cm.full_footprint_bytes() - head_only))
-
-
-def draw_devices(scenario: Scenario, profile: Profile, seed: int | None = None,
-                 catalog: dict[str, DeviceClass] | None = None) -> list[Device]:
-    """The scenario's devices for this profile (budgets, speeds, links), before any dynamics."""
-    seed = scenario.seed if seed is None else seed
-    devices, per_class = [], {}
-    for spec in scenario.classes:
-        cls = device_class(spec.device_class, catalog)
-        base_speed = cls.sustained_gflops / profile.machine_gflops
-        up = spec.up or scenario.up
-        down = spec.down or scenario.down
-        for _ in range(spec.count):
-            k = per_class[spec.device_class] = per_class.get(spec.device_class, -1) + 1  # a class may recur
-            device_id = f"{spec.device_class}-{k}"
-            rng = _rng("fedquad-device", seed, device_id)
-            budget = budget_bytes_for(scenario, profile, rng.uniform(spec.budget_low, spec.budget_high))
-            if spec.power_mode == "random":
-                mode = rng.choice(cls.power_modes)
-            else:
-                mode = cls.power_mode(cls.default_power_mode if spec.power_mode == "default" else spec.power_mode)
-            devices.append(Device(
-                device_id=device_id, device_class=spec.device_class, budget_bytes=budget,
-                speed=base_speed * mode.speed_factor, up_Bps=up.draw_Bps(rng), down_Bps=down.draw_Bps(rng),
-                local_steps=scenario.local_steps, power_mode=mode.name, base_budget_bytes=budget,
-                base_speed=base_speed, initial_power_mode=mode.name))
-    return devices
-
-
-def _mode_at_round(cls: DeviceClass, device: Device, dynamics: Dynamics, seed: int, round_index: int) -> str:
-    """Mode after the last switch event at or before round_index (a switch re-draws the mode).
-
-    Looking backwards for the last event keeps this O(1/p) and independent of other rounds."""
-    p = dynamics.power_mode_switch_prob
-    if p > 0:
-        for r in range(round_index, 0, -1):
-            rng = _rng("fedquad-mode", seed, device.device_id, r)
-            if rng.random() < p:
-                return rng.choice(cls.power_modes).name
-    return device.initial_power_mode or cls.default_power_mode
-
-
-def devices_at_round(devices: list[Device], scenario: Scenario, round_index: int, seed: int | None = None,
-                     catalog: dict[str, DeviceClass] | None = None) -> list[Device]:
-    """Each device's state in round `round_index`: power mode, background load, free memory.
-
-    Depends only on the drawn devices, the scenario, the seed and the round: the same arguments
-    always give the same states (devices already advanced to some round may be passed back in)."""
-    if round_index < 0:
-        raise FedquadError(f"round must be >= 0, got {round_index}")
-    seed = scenario.seed if seed is None else seed
-    dyn = scenario.dynamics
-    out = []
-    for dev in devices:
-        cls = device_class(dev.device_class, catalog)
-        base_speed = dev.speed if dev.base_speed is None else dev.base_speed
-        base_budget = dev.budget_bytes if dev.base_budget_bytes is None else dev.base_budget_bytes
-        mode = cls.power_mode(_mode_at_round(cls, dev, dyn, seed, round_index))
-        rng = _rng("fedquad-round", seed, dev.device_id, round_index)
-        load = rng.uniform(*dyn.background_load) if rng.random() < dyn.background_load_prob else 0.0
-        drop = rng.uniform(*dyn.free_memory_drop) if rng.random() < dyn.free_memory_drop_prob else 0.0
-        out.append(dataclasses.replace(
-            dev, speed=base_speed * mode.speed_factor * (1.0 - load), power_mode=mode.name, background_load=load,
-            budget_bytes=int(base_budget * (1.0 - drop)), base_speed=base_speed, base_budget_bytes=base_budget,
-            initial_power_mode=dev.initial_power_mode or mode.name))
-    return out

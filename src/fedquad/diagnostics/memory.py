@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 import resource
+import statistics
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +24,7 @@ from fedquad.client.train import forward_backward
 from fedquad.errors import FedquadError
 from fedquad.models.adapted import AdaptedModel
 from fedquad.plan import ClientPlan
+from fedquad.quant import warm_up
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -47,10 +50,7 @@ def generated_batch(adapted: AdaptedModel, batch_size: int, seq_len: int, seed: 
     vocab = config.vocab_size
     ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if adapted.task == "causal-lm":
-        batch["labels"] = ids.clone()
-    else:
-        batch["labels"] = torch.randint(0, config.num_labels, (batch_size,), generator=g)
+    batch["labels"] = adapted.kind.generated_labels(ids, config.num_labels, g)
     return batch
 
 
@@ -78,6 +78,7 @@ class MemoryReport:
     step_s: float = 0.0
     reference_step_s: float = 0.0
     grad_cosines: dict[str, float] = field(default_factory=dict)
+    warmup_s: float = 0.0  # quantizer build/compile before the timed steps (not in step_s)
     peak_rss_bytes: int = 0
     cuda_max_memory_allocated_bytes: int | None = None
 
@@ -97,7 +98,7 @@ class MemoryReport:
             "raw_bytes": self.raw_bytes, "kept_bytes": self.kept_bytes,
             "kept_ratio": self.kept_bytes / self.raw_bytes if self.raw_bytes else 1.0,
             "outside_bytes": self.outside_bytes, "blocks": self.blocks,
-            "step_s": self.step_s, "reference_step_s": self.reference_step_s,
+            "step_s": self.step_s, "reference_step_s": self.reference_step_s, "warmup_s": self.warmup_s,
             "peak_rss_bytes": self.peak_rss_bytes,
             "grad_cosine_min": min(cos) if cos else None,
             "grad_cosine_mean": sum(cos) / len(cos) if cos else None,
@@ -144,19 +145,36 @@ def _cosine(g: torch.Tensor, r: torch.Tensor) -> float:
 
 def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch.Tensor],
                  quant: QuantSettings = QuantSettings(), seed: int = 0,
-                 reference: tuple[float, dict[str, torch.Tensor]] | None = None) -> MemoryReport:
+                 reference: tuple[float, dict[str, torch.Tensor]] | None = None, repeats: int = 1) -> MemoryReport:
     """Measure one step of `plan` against the same step unquantized. `reference` may pass in an
-    earlier unquantized result for the same depth (the sweep reuses it)."""
+    earlier unquantized result for the same depth (the sweep reuses it). With `repeats` > 1 the
+    step times are medians of that many steps, the plan's and the reference's interleaved so that
+    a busy machine slows both alike; bytes and gradients come from the last step (all identical).
+    Kernel compilation and a cold first step are kept out of the times (`warmup_s`)."""
     plan.validate_for(adapted.num_blocks)
+    if repeats < 1:
+        raise FedquadError(f"repeats must be at least 1, got {repeats}")
     quant = dataclasses.replace(quant, bits=plan.bits)
     adapted.model.train()
-    if reference is None:
+    warmup_s = warm_up_quantizer(adapted, plan, quant) if plan.quant_layers else 0.0
+    own_reference = reference is None
+    if adapted.model not in _STEPPED:  # a model's first step is cold (allocator, thread pools)
+        warm_step(adapted, plan, batch, quant, seed)
+    ref_times, times = [], []
+    for _ in range(repeats - 1):
+        if own_reference:
+            ref_times.append(reference_step(adapted, plan, batch, quant, seed)[0])
+        with PlanRuntime(adapted, plan, quant, seed=seed) as runtime:
+            times.append(_timed_step(adapted, runtime, batch, seed))
+            _grads(runtime)
+    if own_reference:
         reference = reference_step(adapted, plan, batch, quant, seed)
     ref_s, ref_grads = reference
+    ref_s = statistics.median(ref_times + [ref_s])
     if adapted.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with PlanRuntime(adapted, plan, quant, seed=seed) as runtime:
-        step_s = _timed_step(adapted, runtime, batch, seed)
+        step_s = statistics.median(times + [_timed_step(adapted, runtime, batch, seed)])
         grads = _grads(runtime)
         blocks = [{"index": i, "trainable": i in runtime.trainable, "quantized": i in runtime.quantized,
                    "raw_bytes": b.raw_bytes, "kept_bytes": b.kept_bytes, "tensors": b.tensors,
@@ -166,7 +184,8 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
     report = MemoryReport(model=adapted.name, plan=plan, batch_size=int(batch["input_ids"].shape[0]),
                           seq_len=int(batch["input_ids"].shape[1]), device=str(adapted.device),
                           dtype=str(next(adapted.model.parameters()).dtype).replace("torch.", ""),
-                          blocks=blocks, outside_bytes=outside, step_s=step_s, reference_step_s=ref_s)
+                          blocks=blocks, outside_bytes=outside, step_s=step_s, reference_step_s=ref_s,
+                          warmup_s=warmup_s)
     for key, g in grads.items():
         r = ref_grads[key]
         report.grad_cosines[key] = _cosine(g, r)
@@ -174,6 +193,23 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
     if adapted.device.type == "cuda":
         report.cuda_max_memory_allocated_bytes = int(torch.cuda.max_memory_allocated())
     return report
+
+
+def warm_up_quantizer(adapted: AdaptedModel, plan: ClientPlan, quant: QuantSettings) -> float:
+    """Build/compile the quantizer's kernels for this setting before any timed step; seconds.
+    The first quantized step of a process would otherwise include it (~10 s for torch.compile)."""
+    return warm_up(quant.quantizer, plan.bits, quant.group_size, quant.stochastic, adapted.device)
+
+
+_STEPPED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # models that have had their cold step
+
+
+def warm_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettings, seed: int = 0) -> None:
+    """One untimed step of ``plan``; its gradients are dropped."""
+    with PlanRuntime(adapted, plan, quant, seed=seed) as runtime:
+        _timed_step(adapted, runtime, batch, seed)
+        _grads(runtime)
+    _STEPPED.add(adapted.model)
 
 
 def reference_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettings, seed: int = 0):
@@ -189,6 +225,10 @@ def sweep(adapted: AdaptedModel, bits: int, batch, quant: QuantSettings = QuantS
           placement: str = "bottom", progress=None) -> list[MemoryReport]:
     """Every (depth, quant_layers) at `bits`."""
     reports = []
+    full = ClientPlan(adapted.num_blocks, adapted.num_blocks, bits, placement)
+    warm_up_quantizer(adapted, full, dataclasses.replace(quant, bits=bits))
+    if adapted.model not in _STEPPED:  # so that the first row is not a cold step
+        warm_step(adapted, full, batch, dataclasses.replace(quant, bits=bits), seed)
     for depth in range(adapted.num_blocks + 1):
         ref = reference_step(adapted, ClientPlan(depth, 0, bits, placement), batch, quant, seed)
         for q in range(depth + 1):

@@ -10,7 +10,8 @@ the cost model reproduces the measured bytes of every (depth, quant_layers, bits
 Times: a set of plans (every depth unquantized; full depth with 1..L bottom blocks quantized and
 every depth fully quantized, at 8 and 4 bits) is stepped round-robin, in a shuffled order each
 round, so slow phases of a busy machine spread over all plans instead of biasing a few. The
-median step of each plan is then fitted by non-negative least squares (relative error) to
+median step of each plan is then fitted (costmodel/fit.py) by non-negative least squares
+(relative error) to
     step = base + sum_trainable backward_l + sum_quantized quant_l[bits]
 which gives per-block times that are never negative and that add back up to the measured steps;
 the residuals are stored in the profile (`timing`) so the fit can be judged. Forward time per
@@ -26,18 +27,18 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fedquad.client.runtime import PlanRuntime
 from fedquad.client.saved_activations import QuantSettings
 from fedquad.client.train import forward_backward
+from fedquad.costmodel.fit import fit_step_times
+from fedquad.costmodel.profile import (ADAMW_STATE_FACTOR, PROFILE_BITS, BlockProfile, HeadProfile, Profile,
+                                       kept_ratio_of, profile_document)
 from fedquad.models.adapted import AdaptedModel
 from fedquad.plan import ClientPlan
+from fedquad.quant import warm_up
 
-SCHEMA_VERSION = 2
-ADAMW_STATE_FACTOR = 3.0  # gradient + exp_avg + exp_avg_sq per trainable byte
-PROFILE_BITS = (8, 4)
 
 
 def _sync(adapted: AdaptedModel) -> None:
@@ -75,60 +76,6 @@ def profile_plans(num_blocks: int) -> list[ClientPlan]:
 def profile_steps(num_blocks: int, repeats: int, warmup: int) -> int:
     """Training steps `profile_model` runs (for a progress bar)."""
     return len(profile_plans(num_blocks)) * (repeats + warmup)
-
-
-def nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Non-negative least squares, min ||Ax - b|| subject to x >= 0 (Lawson and Hanson's
-    active-set method). Small dense problems only: a few dozen unknowns."""
-    A = np.asarray(A, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    n = A.shape[1]
-    x = np.zeros(n)
-    passive = np.zeros(n, dtype=bool)
-    tol = 10 * np.finfo(np.float64).eps * max(A.shape) * max(1.0, float(np.abs(A).sum(axis=0).max()))
-    for _ in range(3 * n + 10):
-        w = A.T @ (b - A @ x)
-        if passive.all() or not (w[~passive] > tol).any():
-            break
-        passive[int(np.argmax(np.where(passive, -np.inf, w)))] = True
-        while True:
-            s = np.zeros(n)
-            s[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
-            if (s[passive] > tol).all():
-                break
-            shrink = passive & (s <= tol)
-            alpha = float(np.min(x[shrink] / (x[shrink] - s[shrink])))
-            x = x + alpha * (s - x)
-            passive &= x > tol
-            x[~passive] = 0.0
-            if not passive.any():
-                s = np.zeros(n)
-                break
-        x = s
-    return np.maximum(x, 0.0)
-
-
-def fit_step_times(plans: list[ClientPlan], measured_s: list[float], num_blocks: int):
-    """Fit base, backward_l and quant_l[bits] (all >= 0) to median step times of `plans`,
-    minimising the relative error. Returns (base, backward, {bits: quant}, fitted_s)."""
-    L = num_blocks
-    cols = 1 + L + L * len(PROFILE_BITS)
-    A = np.zeros((len(plans), cols))
-    for r, plan in enumerate(plans):
-        A[r, 0] = 1.0
-        for i in plan.trainable_blocks(L):
-            A[r, 1 + i] = 1.0
-        if plan.quant_layers:
-            k = PROFILE_BITS.index(plan.bits)
-            for i in plan.quantized_blocks(L):
-                A[r, 1 + L + k * L + i] = 1.0
-    t = np.asarray(measured_s, dtype=np.float64)
-    weight = 1.0 / np.maximum(t, 1e-9)
-    x = nnls(A * weight[:, None], t * weight)
-    fitted = A @ x
-    backward = [float(v) for v in x[1:1 + L]]
-    quant = {bits: [float(v) for v in x[1 + L + k * L:1 + L + (k + 1) * L]] for k, bits in enumerate(PROFILE_BITS)}
-    return float(x[0]), backward, quant, [float(v) for v in fitted]
 
 
 class _PlanStepper:
@@ -220,6 +167,7 @@ def measure_plans(adapted: AdaptedModel, batch: dict[str, torch.Tensor], plans: 
     that a slow phase of a shared machine spreads over all plans. Leaves the adapters as found."""
     global_state = adapted.adapter_state()
     adapted.model.train()
+    warm_up_quantizers(adapted, plans, quant)  # no kernel compilation inside a timed step
     steppers = {plan: _PlanStepper(adapted, plan, quant) for plan in plans}
     hooks = _ForwardHooks(adapted)
     order = random.Random(seed)
@@ -238,21 +186,28 @@ def measure_plans(adapted: AdaptedModel, batch: dict[str, torch.Tensor], plans: 
             for plan, s in steppers.items()}
 
 
+def warm_up_quantizers(adapted: AdaptedModel, plans: list[ClientPlan], quant: QuantSettings) -> float:
+    """Build/compile the quantizer kernels every quantized plan needs; seconds (cached after)."""
+    bits = sorted({p.bits for p in plans if p.quant_layers})
+    return sum(warm_up(quant.quantizer, b, quant.group_size, quant.stochastic, adapted.device) for b in bits)
+
+
 STATISTICS = ("median", "min")
 
 
 def profile_model(adapted: AdaptedModel, batch: dict[str, torch.Tensor], *, quant: QuantSettings = QuantSettings(),
                   repeats: int = 7, warmup: int = 1, seed: int = 0, statistic: str = "median",
                   progress=None) -> dict:
-    """The profile dict (schema version 2) for `adapted` at this batch's shape.
+    """The profile document (costmodel.profile's format) for `adapted` at this batch's shape.
 
-    `statistic` summarises each plan's timed steps: "median" (DESIGN section 4), or "min", the
-    better estimate on a machine whose other load only ever slows a step down (when other jobs
+    `statistic` summarises each plan's timed steps: "median" (docs/design.md, "Cost model"), or
+    "min", the better estimate on a machine whose other load only ever slows a step down (when other jobs
     hold the cores for more than half of the steps, every median is a contended one)."""
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     L = adapted.num_blocks
     plans = profile_plans(L)
+    warmup_s = warm_up_quantizers(adapted, plans, quant)  # reported apart from the step times
     measured = measure_plans(adapted, batch, plans, quant=quant, repeats=repeats, warmup=warmup, seed=seed,
                              progress=progress)
 
@@ -282,55 +237,37 @@ def profile_model(adapted: AdaptedModel, batch: dict[str, torch.Tensor], *, quan
     per_block_adapter, head_adapter = adapted.block_adapter_bytes()
     frozen = sum(p.numel() * p.element_size() for p in adapted.model.parameters())
     frozen -= sum(per_block_adapter) + head_adapter
-    blocks = []
-    for i in range(L):
-        blocks.append({
-            "index": i,
-            "saved_bytes": saved[i],
-            "kept_bytes": {str(bits): kept[bits][i] for bits in PROFILE_BITS},
-            "saved_bytes_lowest": saved_lowest[i],
-            "kept_bytes_lowest": {str(bits): kept_lowest[bits][i] for bits in PROFILE_BITS},
-            "adapter_bytes": per_block_adapter[i],
-            "forward_s": forward[i],
-            "backward_s": backward[i],
-            "quant_s": {str(bits): quant_s[bits][i] for bits in PROFILE_BITS},
-        })
-    total_saved = sum(saved)
-    ratio = {str(bits): sum(kept[bits]) / total_saved if total_saved else 1.0 for bits in PROFILE_BITS}
+    blocks = tuple(BlockProfile(
+        index=i, saved_bytes=saved[i], kept_bytes={bits: kept[bits][i] for bits in PROFILE_BITS},
+        saved_bytes_lowest=saved_lowest[i], kept_bytes_lowest={bits: kept_lowest[bits][i] for bits in PROFILE_BITS},
+        adapter_bytes=per_block_adapter[i], forward_s=forward[i], backward_s=backward[i],
+        quant_s={bits: quant_s[bits][i] for bits in PROFILE_BITS}) for i in range(L))
     input_ids = batch["input_ids"]
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "model": adapted.name,
-        "family": adapted.family,
-        "task": adapted.task,
-        "num_blocks": L,
-        "batch_size": int(input_ids.shape[0]),
-        "seq_len": int(input_ids.shape[1]),
-        "dtype": str(next(adapted.model.parameters()).dtype).replace("torch.", ""),
-        "device": adapted.device.type,
-        "group_size": quant.group_size,
-        "machine_gflops": machine_gflops(adapted.device),
-        "frozen_weight_bytes": frozen,
-        "adapter_bytes": sum(per_block_adapter) + head_adapter,
-        "head_adapter_bytes": head_adapter,
-        "optimizer_bytes_per_trainable_byte": ADAMW_STATE_FACTOR,
+    profile = Profile(
+        model=adapted.name, family=adapted.family, num_blocks=L,
+        batch_size=int(input_ids.shape[0]), seq_len=int(input_ids.shape[1]),
+        dtype=str(next(adapted.model.parameters()).dtype).replace("torch.", ""), device=adapted.device.type,
+        group_size=quant.group_size, machine_gflops=machine_gflops(adapted.device),
+        frozen_weight_bytes=frozen, adapter_bytes=sum(per_block_adapter) + head_adapter,
+        head_adapter_bytes=head_adapter, optimizer_bytes_per_trainable_byte=ADAMW_STATE_FACTOR,
         # Estimate of transient memory beyond saved activations: one block's activations being
         # rebuilt into gradients during backward.
-        "workspace_bytes": max(saved) if saved else 0,
+        workspace_bytes=max(saved) if saved else 0,
         # Everything outside the blocks (embeddings, head forward and backward, loss, optimizer
         # step) is in the head's forward time: the fitted fixed part minus the blocks' forward.
-        "embedding_forward_s": 0.0,
-        "head": {"saved_bytes": head_saved, "saved_bytes_depth0": head_depth0,
-                 "forward_s": head_forward, "backward_s": 0.0},
-        "kept_ratio": ratio,
-        "blocks": blocks,
-        "measured_step_s": {"by_depth": [medians[d] for d in range(L + 1)]},
-        "timing": {
+        embedding_forward_s=0.0,
+        head=HeadProfile(saved_bytes=head_saved, saved_bytes_depth0=head_depth0, forward_s=head_forward,
+                         backward_s=0.0),
+        blocks=blocks, kept_ratio=kept_ratio_of(blocks))
+    return profile_document(
+        profile, task=adapted.task,
+        measured_step_s={"by_depth": [medians[d] for d in range(L + 1)]},
+        timing={
             "method": f"non-negative least squares on the {statistic} step time of each plan (relative error)",
             "statistic": statistic, "repeats": repeats, "warmup": warmup, "threads": torch.get_num_threads(),
+            "quantizer_warmup_s": warmup_s,
             "plans": [{"plan": p.describe(), "depth": p.depth, "quant_layers": p.quant_layers, "bits": p.bits,
                        "measured_s": m, "fitted_s": f} for p, m, f in zip(plans, medians, fitted)],
             "max_abs_rel_residual": max(abs(x) for x in residuals),
             "mean_abs_rel_residual": sum(abs(x) for x in residuals) / len(residuals),
-        },
-    }
+        })

@@ -37,8 +37,11 @@ def _log(context: Context, text: str) -> None:
 
 
 def _workload_key(config) -> tuple:
+    # The data settings decide the training set too (a held-out share is not trained on).
     return (config.model, config.task, config.data_root, config.train_examples, config.eval_examples,
-            config.max_len, config.lora_rank, config.lora_alpha, config.seed)
+            config.max_len, config.lora_rank, config.lora_alpha, config.seed, config.text_column,
+            config.text_pair_column, config.label_column, config.label_names, config.eval_split,
+            config.eval_file, config.eval_fraction)
 
 
 def model_and_data(config):

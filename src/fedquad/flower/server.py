@@ -3,15 +3,16 @@
 `FedquadServer` keeps the run: the workload's model and eval data, the connected nodes and their
 reported profiles, the fedquad strategy and its state, the history and the checkpoints. Its
 methods are the steps of one round -- `refresh_nodes` (the profile query), `configure_round`
-(one message per node with its own plan), `aggregate_round` (replies -> outcomes -> the
-strategy's merge and observe), `evaluate_fn` (central evaluation, history, checkpoint) -- and
-`finish` (the PEFT adapter). `serverapp.py` only connects them to Flower's strategy loop.
+(the simulator's `begin_round`, then one message per node with its own plan), `aggregate_round`
+(replies -> outcomes -> the simulator's `finish_round`: merge, observe, report), `evaluate_fn`
+(central evaluation, history, checkpoint) -- and `finish` (the PEFT adapter). `serverapp.py`
+only connects them to Flower's strategy loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -39,13 +40,9 @@ class Node:
 
 @dataclass
 class RoundInFlight:
-    round_index: int
-    ctx: object
-    strategy_state: dict
-    assignments: list
-    sent: dict = field(default_factory=dict)  # node id -> (assignment, device)
-    idle: list = field(default_factory=list)  # outcomes of devices that sit the round out
-    devices: dict = field(default_factory=dict)  # device id -> (node id, device)
+    plan: object  # fedquad.sim.round.RoundPlan
+    sent: dict = field(default_factory=dict)  # node id -> ClientWork (what it was asked to train)
+    nodes: dict = field(default_factory=dict)  # device id -> node id
     started: float = 0.0
     left: list = field(default_factory=list)  # devices that disconnected since the last round
     messages: list = field(default_factory=list)  # what configure_train handed to the grid
@@ -55,37 +52,33 @@ class FedquadServer:
     """Everything the ServerApp keeps: model, eval data, profile, strategy, round state, history."""
 
     def __init__(self, config, settings: ServerSettings, run_dir: str):
-        from fedquad.sim.checkpoint import load_checkpoint
-        from fedquad.sim.config import from_dict
+        from fedquad.sim.recorder import RunRecorder
         from fedquad.sim.round import RoundState
         from fedquad.sim.runner import make_strategy
         from fedquad.sim.workload import load_model_and_data, resolve_profile
 
         self.settings, self.run_dir = settings, run_dir
-        self.history: list[dict] = []
-        has_checkpoint = os.path.isfile(os.path.join(run_dir, "checkpoint", "state.json")) or os.path.isfile(
-            os.path.join(run_dir, "checkpoint.old", "state.json"))
         self.resumed = settings.resume
-        if settings.resume:
-            state, saved_config, self.history = load_checkpoint(run_dir)
-            config = from_dict(saved_config, f"{run_dir}/checkpoint")
-            log(f"resuming {run_dir} at round {state.round_index} of {config.rounds}")
-        elif has_checkpoint:
-            raise FedquadError(f"{run_dir} already holds a checkpoint: set resume=true to continue it, "
-                               "or choose another run-dir")
-        os.makedirs(run_dir, exist_ok=True)
-        self.adapted, _train_tokens, self.eval_tokens, self.labels = load_model_and_data(config)
+        # The run folder as the simulator keeps it (fedquad.sim.recorder): a checkpoint or a stray
+        # profile.json is refused unless resuming, a measured profile is pinned, and the history,
+        # checkpoints and evaluation cadence are the simulator's.
+        self.recorder = RunRecorder.open_server(run_dir, config, resume=settings.resume)
+        state = self.recorder.resume_state()
+        if state is not None:
+            log(f"resuming {run_dir} at round {state.round_index} of {self.config.rounds}")
+        elif config.profile is None and self.config.profile is not None:
+            log(f"using {self.config.profile}, measured when this run was started before")
+        self.adapted, _train_tokens, self.eval_tokens, self.labels = load_model_and_data(self.config)
         started = time.perf_counter()
-        self.profile = resolve_profile(config, self.adapted, run_dir, repeats=settings.profile_repeats)
-        if config.profile is None:  # measured now: pin it so a resume plans with the same profile
+        self.profile = resolve_profile(self.config, self.adapted, run_dir, repeats=settings.profile_repeats)
+        if self.config.profile is None:  # measured now: pin it so a resume plans with the same profile
             log(f"measured the cost-model profile in {time.perf_counter() - started:.1f} s")
-            config = config.replace(profile=os.path.join(run_dir, "profile.json"))
+            self.recorder.pin_profile()
         if self.profile.num_blocks != self.adapted.num_blocks:
-            raise FedquadError(f"profile is for {self.profile.num_blocks} blocks, {config.model} has "
+            raise FedquadError(f"profile is for {self.profile.num_blocks} blocks, {self.config.model} has "
                                f"{self.adapted.num_blocks}")
-        self.config = config
-        self.strategy = make_strategy(config)
-        if not settings.resume:
+        self.strategy = make_strategy(self.config)
+        if state is None:
             state = RoundState(0, 0.0, self.adapted.adapter_state(), self.strategy.init_state(self.adapted.num_blocks))
         self.state = state
         self.start_round = state.round_index
@@ -94,7 +87,16 @@ class FedquadServer:
         self.inflight: RoundInFlight | None = None
         self.pending_report: dict | None = None
         self._parts: dict[int, list] = {}
-        write_json_atomic(os.path.join(run_dir, "config.json"), {"config": config.to_dict(), "server": settings.__dict__})
+        self.recorder.start({"config": self.config.to_dict(), "server": settings.__dict__})
+
+    @property
+    def config(self):
+        """The run's SimConfig, with the profile it plans with pinned (the recorder's)."""
+        return self.recorder.config
+
+    @property
+    def history(self) -> list[dict]:
+        return self.recorder.history
 
     # -- nodes -----------------------------------------------------------------------------------
     def wait_for_nodes(self, grid: Grid) -> None:
@@ -183,55 +185,79 @@ class FedquadServer:
         return left
 
     # -- one round -------------------------------------------------------------------------------
+    # The round itself is the simulator's: `begin_round` plans and predicts, `finish_round` merges,
+    # learns and reports (fedquad.sim.round). What is Flower's is only in between: a message per
+    # node out, replies back into outcomes.
     def configure_round(self, grid: Grid) -> list[Message]:
+        return self.round_messages(self.refresh_nodes(grid, self.state.round_index))
+
+    def round_messages(self, left: list[str] | None = None) -> list[Message]:
+        """Plan the next round over the known nodes; one train message per node with a plan."""
         from fedquad.costmodel import cost_model
         from fedquad.flower.codec import data_to_config, state_to_record
-        from fedquad.sim.round import predicted_saved_bytes
-        from fedquad.strategies import ClientOutcome, RoundContext
+        from fedquad.sim.round import begin_round
+        from fedquad.strategies import RoundContext
 
         r = self.state.round_index
-        left = self.refresh_nodes(grid, r)
         devices = [node.device for node in self.nodes.values()]
         ctx = RoundContext(r, self.profile, self.config.seed, self.adapted.lora_rank,
                            {d.device_id: d.data_weight for d in devices})
-        strategy_state = json.loads(json.dumps(self.state.strategy_state))  # configure may write to it
-        assignments = self.strategy.configure(ctx, devices, strategy_state) if devices else []
-        flight = RoundInFlight(r, ctx, strategy_state, assignments, started=time.perf_counter(), left=left)
-        flight.devices = {node.device.device_id: (node.node_id, node.device) for node in self.nodes.values()}
+        plan = begin_round(self.strategy, ctx, self.state, devices)
+        flight = RoundInFlight(plan, started=time.perf_counter(), left=list(left or []))
+        flight.nodes = {node.device.device_id: node.node_id for node in self.nodes.values()}
         global_record = state_to_record(self.state.global_state)
         footprint = cost_model(self.profile).full_footprint_bytes()
         messages = []
-        for a in assignments:
-            node_id, device = flight.devices[a.device_id]
-            if a.plan is None:
-                flight.idle.append(ClientOutcome(a, "idle", a.reason, budget_bytes=device.budget_bytes))
-                continue
-            memory, time_ = self.strategy.costs(ctx, a, device)
-            fixed = memory - predicted_saved_bytes(self.profile, a)
-            ins = {"round": r, "assignment": a.to_dict(), "config": self.config.to_dict(), "fixed_bytes": fixed,
-                   "predicted_bytes": memory, "footprint_bytes": footprint, "predicted_time_s": time_.total_s}
+        for work in plan.work:
+            a = work.assignment
+            node_id = flight.nodes[a.device_id]
+            ins = {"round": r, "assignment": a.to_dict(), "config": self.config.to_dict(),
+                   "fixed_bytes": work.fixed_bytes, "predicted_bytes": work.predicted_bytes,
+                   "footprint_bytes": footprint, "predicted_time_s": work.time_s}
             if self.nodes[node_id].report.get("budget-from-run-config"):  # the node has no budget of its own
-                ins["run_config_budget_bytes"] = device.budget_bytes
+                ins["run_config_budget_bytes"] = work.device.budget_bytes
             content = RecordDict({"plan": data_to_config(ins, round=r, plan=a.plan.describe()),
                                   "global": global_record})
             messages.append(Message(content, dst_node_id=node_id, message_type="train", group_id=str(r)))
-            flight.sent[node_id] = (a, device)
+            flight.sent[node_id] = work
         flight.messages = messages  # the grid sets their message ids when it sends them
         self.inflight = flight
         log(f"round {r}: " + ("; ".join(
-            f"{a.device_id} <- {a.plan.describe() if a.plan else 'sits out'}" for a in assignments) or "no nodes"))
+            f"{a.device_id} <- {a.plan.describe() if a.plan else 'sits out'}" for a in plan.assignments)
+            or "no nodes"))
         return messages
 
-    def aggregate_round(self, replies: Iterable[Message]) -> tuple[dict, object]:
-        from fedquad.flower.codec import config_to_data, record_to_state
-        from fedquad.flower.node import with_budget
-        from fedquad.sim.round import RoundState, mark_rejected, outcome_dict
-        from fedquad.strategies import ClientOutcome
+    def aggregate_round(self, replies: Iterable[Message], round_time_s: float | None = None) -> dict:
+        """Replies -> outcomes -> the shared `finish_round`; returns the new global adapter.
+
+        `round_time_s`: the round's length; None = the wall time since the messages were made (a
+        test that replays a simulated round passes the simulator's virtual time instead)."""
+        from fedquad.sim.round import finish_round
 
         flight = self.inflight
         if flight is None:
             raise FedquadError("aggregate_train without configure_train")
         wall = time.perf_counter() - flight.started
+        outcomes, extra = self._outcomes(flight, replies)
+        for device_id, node_id in flight.nodes.items():
+            extra.setdefault(device_id, {"node_id": node_id})
+        self.state, report = finish_round(self.strategy, self.state, flight.plan, outcomes,
+                                          round_time_s=wall if round_time_s is None else round_time_s,
+                                          device_extra=extra)
+        report["left"] = flight.left
+        self.pending_report, self.inflight = report, None
+        for d in report["devices"]:
+            plan = "sits out" if d["plan"] is None else _describe(d["plan"])
+            log(f"round {report['round']}: {d['device_id']} (node {d.get('node_id')}) {plan}: {d['status']}"
+                + (f" ({d['failure']})" if d["failure"] else ""))
+        return self.state.global_state
+
+    def _outcomes(self, flight: RoundInFlight, replies: Iterable[Message]) -> tuple[dict, dict]:
+        """(device id -> outcome for every node sent a plan, device id -> the reply's node fields)."""
+        from fedquad.flower.codec import config_to_data, record_to_state
+        from fedquad.flower.node import with_budget
+        from fedquad.strategies import ClientOutcome
+
         by_node: dict[int, ClientOutcome] = {}
         extra: dict[str, dict] = {}
         sent_to = _destinations(flight.messages)
@@ -239,18 +265,20 @@ class FedquadServer:
             node_id = _replying_node(reply, sent_to)
             if node_id not in flight.sent or node_id in by_node:
                 continue  # a late reply to an earlier round or run
-            a, device = flight.sent[node_id]
+            work = flight.sent[node_id]
+            a, device = work.assignment, work.device
             if reply.has_error():
                 by_node[node_id] = ClientOutcome(a, "failed", f"node error {reply.error.code}: {reply.error.reason}",
                                                  budget_bytes=device.budget_bytes)
                 continue
             try:
                 result = config_to_data(reply.content["result"])
+                numbers = reply_numbers(result)
             except (KeyError, ValueError) as exc:
                 by_node[node_id] = ClientOutcome(a, "rejected", f"malformed reply: {exc}",
                                                  budget_bytes=device.budget_bytes)
                 continue
-            budget = float(result.get("budget_bytes") or device.budget_bytes)
+            budget = numbers["budget_bytes"] or device.budget_bytes
             node = self.nodes.get(node_id)
             if node is not None:  # the node's memory as it reported it now plans the next round
                 node.device = with_budget(node.device, budget)
@@ -261,7 +289,7 @@ class FedquadServer:
                 by_node[node_id] = ClientOutcome(a, "oom", result.get("reason", "refused"), budget_bytes=budget)
             elif status == "oom":
                 by_node[node_id] = ClientOutcome(a, "oom", result.get("reason", "out of memory"),
-                                                 measured_bytes=result.get("measured_bytes"), budget_bytes=budget)
+                                                 measured_bytes=numbers["measured_bytes"], budget_bytes=budget)
             elif status != "ok":
                 by_node[node_id] = ClientOutcome(a, "failed", f"node reported {status!r}: {result.get('reason')}",
                                                  budget_bytes=budget)
@@ -269,51 +297,20 @@ class FedquadServer:
                 by_node[node_id] = ClientOutcome(a, "rejected", "reply carries no update", budget_bytes=budget)
             else:
                 update, problems = record_to_state(reply.content["update"])
+                examples, problem = reply_examples(result)
+                problems += [f"malformed reply: {problem}"] if problem else []
                 if problems:
                     by_node[node_id] = ClientOutcome(a, "rejected", "; ".join(problems), budget_bytes=budget)
                 else:
-                    by_node[node_id] = ClientOutcome(a, "ok", "", update, int(result.get("examples") or 0),
-                                                     result.get("loss"), result.get("measured_bytes"),
-                                                     result.get("time_s"), budget)
+                    by_node[node_id] = ClientOutcome(a, "ok", "", update, examples, numbers["loss"],
+                                                     numbers["measured_bytes"], numbers["time_s"], budget)
         timeout = self.settings.round_timeout
-        for node_id, (a, device) in flight.sent.items():
+        for node_id, work in flight.sent.items():
             if node_id not in by_node:  # missed the round: a lower bound of its time is what it was given
-                by_node[node_id] = ClientOutcome(a, "failed", f"no reply within the round timeout ({timeout:.0f} s)",
-                                                 time_s=timeout, budget_bytes=device.budget_bytes)
-        sent_outcomes = {o.device_id: o for o in by_node.values()}
-        outcomes = [sent_outcomes.get(a.device_id) for a in flight.assignments]
-        idle = {o.device_id: o for o in flight.idle}
-        outcomes = [o if o is not None else idle[a.device_id] for o, a in zip(outcomes, flight.assignments)]
-
-        ctx, strategy_state = flight.ctx, flight.strategy_state
-        new_global, agg = self.strategy.aggregate(ctx, self.state.global_state, outcomes, strategy_state)
-        outcomes = mark_rejected(outcomes, agg)
-        strategy_state = self.strategy.observe(ctx, outcomes, strategy_state)
-
-        ok_times = [o.time_s for o in outcomes if o.status == "ok" and o.time_s is not None]
-        devices = []
-        for o in outcomes:
-            _node_id, device = flight.devices[o.device_id]
-            devices.append({**outcome_dict(o, device), **extra.get(o.device_id, {"node_id": _node_id})})
-        report = {
-            "round": flight.round_index, "round_time_s": wall, "clock_s": self.state.clock_s + wall,
-            "participants": sum(o.status == "ok" for o in outcomes),
-            "dropped": sum(o.status not in ("ok", "idle") for o in outcomes),
-            "slowest_train_s": max(ok_times, default=0.0),
-            "bytes_up": sum(o.update_bytes for o in outcomes),
-            "bytes_down": sum(self.profile.adapter_bytes for o in outcomes if o.assignment.plan is not None),
-            "devices": devices, "left": flight.left,
-            "aggregation": {"rejected": [list(r_.reasons) for r_ in agg.rejected],
-                            "untouched_keys": len(agg.untouched_keys),
-                            "trained_keys": sum(1 for n in agg.contributors.values() if n)},
-        }
-        self.state = RoundState(flight.round_index + 1, self.state.clock_s + wall, dict(new_global), strategy_state)
-        self.pending_report, self.inflight = report, None
-        for d in devices:
-            plan = "sits out" if d["plan"] is None else _describe(d["plan"])
-            log(f"round {flight.round_index}: {d['device_id']} (node {d.get('node_id')}) {plan}: {d['status']}"
-                + (f" ({d['failure']})" if d["failure"] else ""))
-        return new_global, agg
+                by_node[node_id] = ClientOutcome(work.assignment, "failed",
+                                                 f"no reply within the round timeout ({timeout:.0f} s)",
+                                                 time_s=timeout, budget_bytes=work.device.budget_bytes)
+        return {o.device_id: o for o in by_node.values()}, extra
 
     # -- evaluation, checkpoints, the end ---------------------------------------------------------
     def evaluate(self) -> dict:
@@ -322,9 +319,8 @@ class FedquadServer:
                         max_examples=self.config.eval_examples, seed=self.config.seed)
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Flower's central-evaluation hook: evaluate, record the round, checkpoint."""
-        from fedquad.sim.checkpoint import save_checkpoint
-
+        """Flower's central-evaluation hook: evaluate (on the recorder's cadence), record the round,
+        checkpoint."""
         if server_round == 0:
             if self.resumed:
                 return None
@@ -338,12 +334,10 @@ class FedquadServer:
             return None
         r = report["round"]
         metrics = None
-        if (r + 1) % self.config.eval_every == 0 or self.state.round_index >= self.config.rounds:
+        if self.recorder.evaluation_due(r, self.state):
             metrics = self.evaluate()
             report["accuracy"], report["eval"] = metrics["accuracy"], metrics
-        self.history.append(report)
-        save_checkpoint(self.run_dir, self.state, self.config.to_dict(), self.history)
-        write_json_atomic(os.path.join(self.run_dir, "history.json"), self.history)
+        self.recorder.record_round(self.state, report)  # history, checkpoint, history.json
         self._save_round_adapter(r)
         log(f"round {r} done in {report['round_time_s']:.1f} s: {report['participants']} trained, "
             f"{report['dropped']} dropped" + (f", accuracy {metrics['accuracy']:.4f}" if metrics else "")
@@ -355,17 +349,19 @@ class FedquadServer:
     def _save_round_adapter(self, r: int) -> None:
         if not self.settings.save_every_round:
             return
-        from safetensors.torch import save_file
+        from fedquad.sim.checkpoint import save_tensors
         folder = os.path.join(self.run_dir, "rounds")
         os.makedirs(folder, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state.global_state.items()},
-                  os.path.join(folder, f"round-{r:03d}.safetensors" if r >= 0 else "initial.safetensors"))
+        save_tensors(os.path.join(folder, f"round-{r:03d}.safetensors" if r >= 0 else "initial.safetensors"),
+                     self.state.global_state)
 
     def finish(self) -> str:
         """Save the final adapter (PEFT format) and a summary; returns the adapter folder."""
         folder = os.path.join(self.run_dir, "adapter")
         self.adapted.load_adapter_state(self.state.global_state)
         self.adapted.model.save_pretrained(folder)
+        from fedquad.sim.checkpoint import honour_umask
+        honour_umask(folder)  # PEFT writes its safetensors 0600; every other output is 0644
         last = next((h for h in reversed(self.history) if h.get("accuracy") is not None), None)
         write_json_atomic(os.path.join(self.run_dir, "final.json"), {
             "rounds_done": self.state.round_index, "rounds": self.config.rounds, "adapter": folder,
@@ -373,6 +369,33 @@ class FedquadServer:
             "task": self.config.task, "strategy": self.config.strategy})
         log(f"finished {self.state.round_index} rounds; adapter saved to {folder}")
         return folder
+
+
+def reply_numbers(result: dict) -> dict[str, float | None]:
+    """The numbers a train reply carries (None where absent), checked before anything uses them.
+
+    JSON lets a node send NaN, 1e400 (infinity), a string or a list anywhere; such a value raises
+    ValueError naming the field, and the server rejects the reply instead of failing the round."""
+    numbers: dict[str, float | None] = {}
+    for key, nonnegative in (("budget_bytes", True), ("measured_bytes", True), ("time_s", True), ("loss", False)):
+        value = result.get(key)
+        if value is None:
+            numbers[key] = None
+            continue
+        try:
+            number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if number is None or not math.isfinite(number) or (nonnegative and number < 0):
+            raise ValueError(f"{key} is {str(value)[:40]!r}, not a finite number" + (" >= 0" if nonnegative else ""))
+        numbers[key] = number
+    return numbers
+
+
+def reply_examples(result: dict) -> tuple[int | None, str | None]:
+    """(the example count of a train reply, None) or (None, why it is unusable): the aggregation's rule."""
+    from fedquad.aggregation import check_examples
+    return check_examples(result.get("examples"))
 
 
 def _destinations(messages: list[Message]) -> dict[str, int]:

@@ -9,16 +9,18 @@ node for its device profile (`query.profile`); then per round, through Flower's 
   plan and the global adapter;
 * `aggregate_train`: replies become `ClientOutcome`s (errors and nodes that missed the round
   timeout are `failed`, refusals and out-of-memory stops `oom`, undecodable updates `rejected`);
-  the strategy's own per-key merge validates and merges them (rejects are recorded with their
-  reasons) and its `observe` folds the measured time and memory into the planner;
+  the simulator's `finish_round` then runs the strategy's own per-key merge (rejects are recorded
+  with their reasons), its `observe` (measured time and memory into the planner) and writes the
+  round report in the simulator's schema;
 * `evaluate_fn`: central evaluation on the dev split, then the round report is appended to the
   history and a checkpoint written (atomic; Flower keeps none).
 
 At the end the global adapter is saved with PEFT's `save_pretrained` in `<run-dir>/adapter`
 (`peft.PeftModel.from_pretrained(base_model, that_folder)` loads it). Flower's FedAvg
 aggregation is never called: it requires every reply to carry the same keys, and FedQuad's
-replies differ by design. The same strategy objects, training function and merge run in
-`fedquad simulate`, so a strategy behaves the same in simulation and on Flower.
+replies differ by design. The same round functions (`fedquad.sim.round.begin_round` /
+`finish_round`), strategy objects and training function run in `fedquad simulate`, so a strategy
+behaves the same in simulation and on Flower (tests/test_round_parity.py checks it bitwise).
 """
 from __future__ import annotations
 
@@ -49,11 +51,11 @@ class FedquadStrategy(FlowerStrategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         from fedquad.flower.codec import state_to_record
-        new_global, agg = self.server.aggregate_round(replies)
+        new_global = self.server.aggregate_round(replies)
         report = self.server.pending_report
         losses = [d["loss"] for d in report["devices"] if d["status"] == "ok" and d["loss"] is not None]
         metrics = MetricRecord({"participants": int(report["participants"]), "dropped": int(report["dropped"]),
-                                "rejected": len(agg.rejected),
+                                "rejected": len(report["aggregation"]["rejected"]),
                                 "train-loss": float(sum(losses) / len(losses)) if losses else 0.0})
         return state_to_record(new_global), metrics
 

@@ -7,7 +7,9 @@ only that part.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -17,8 +19,9 @@ from fedquad.errors import FedquadError
 from fedquad.models.presets import (DECODER_FAMILIES, FAMILY_HEAD_MODULES, FAMILY_LORA_TARGETS,
                                     PRESETS, minilm_path, preset_names)
 from fedquad.plan import ClientPlan
+from fedquad.tasks import KINDS, TaskKind, task_kind_named
 
-TASKS = ("seq-cls", "causal-lm")
+TASKS = tuple(KINDS)  # the heads: "seq-cls", "causal-lm" (one task kind each, `fedquad.tasks`)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # short aliases
 
@@ -44,6 +47,7 @@ class AdaptedModel:
     def __init__(self, model: nn.Module, *, name: str, family: str, task: str, tokenizer=None):
         self.model = model
         self.name, self.family, self.task, self.tokenizer = name, family, task, tokenizer
+        self.kind: TaskKind = task_kind_named(task)  # tokens, batches and metrics of this head's task
         self.blocks: list[nn.Module] = find_block_stack(model)
         self.num_blocks = len(self.blocks)
         block_names = {id(m): n for n, m in model.named_modules()}
@@ -154,28 +158,52 @@ def load_model(name_or_path: str = "minilm", *, task: str = "seq-cls", num_label
                seed: int = 0, with_tokenizer: bool = True) -> AdaptedModel:
     """Build an AdaptedModel: base weights frozen, LoRA on every block, task head trainable."""
     import transformers
-    from peft import LoraConfig, get_peft_model
 
-    if task not in TASKS:
-        raise FedquadError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    kind = task_kind_named(task)  # unknown names: a one-line error listing the heads
     if dtype not in DTYPES:
         raise FedquadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if task == "seq-cls" and num_labels < 2:
+    if kind.has_classes and num_labels < 2:
         raise FedquadError(f"a classification task needs at least 2 labels, got {num_labels}")
     name, config, path = _resolve(name_or_path)
     family = config.model_type
     if family not in FAMILY_LORA_TARGETS:
         raise FedquadError(f"model family {family!r} is not supported; supported: {', '.join(sorted(FAMILY_LORA_TARGETS))}")
-    if task == "causal-lm" and family not in DECODER_FAMILIES:
+    if kind.needs_decoder and family not in DECODER_FAMILIES:
         raise FedquadError(f"{name} is a {family} encoder; causal-lm needs a decoder ({', '.join(DECODER_FAMILIES)})")
 
     transformers.logging.set_verbosity_error()  # "newly initialized head" notices are expected
     torch.manual_seed(seed)
-    auto = transformers.AutoModelForSequenceClassification if task == "seq-cls" else transformers.AutoModelForCausalLM
-    if task == "seq-cls":
+    auto = getattr(transformers, kind.auto_model_class)
+    if kind.has_classes:
         config.num_labels = num_labels
     if getattr(config, "pad_token_id", None) is None and family in DECODER_FAMILIES:
         config.pad_token_id = 0
+    with _quiet_loading():
+        return _build(auto, name, config, path, family, kind, lora, dtype, device, with_tokenizer)
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Neither transformers' "Loading weights" bar (weights come from a local folder in a second)
+    nor the FutureWarnings of pinned transformers/peft about each other's deprecated names (peft
+    reads `is_gradient_checkpointing`) tell a fedquad user anything they can act on."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
+            yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _build(auto, name, config, path, family, kind, lora, dtype, device, with_tokenizer) -> AdaptedModel:
+    """The model of `load_model`, once its arguments are checked."""
+    from peft import LoraConfig, get_peft_model
+
     try:
         if path:
             model = auto.from_pretrained(path, config=config)
@@ -200,9 +228,9 @@ def load_model(name_or_path: str = "minilm", *, task: str = "seq-cls", num_label
         targets += [f"{prefix}.{r}" for r in relative]
     peft_config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-        modules_to_save=list(FAMILY_HEAD_MODULES[family]) if task == "seq-cls" else None,
+        modules_to_save=list(FAMILY_HEAD_MODULES[family]) if kind.head_trains else None,
         fan_in_fan_out=(family == "gpt2"), bias="none")
     peft_model = get_peft_model(model, peft_config, autocast_adapter_dtype=False)
     peft_model.to(device)
     tokenizer = _load_tokenizer(path) if with_tokenizer else None
-    return AdaptedModel(peft_model, name=name, family=family, task=task, tokenizer=tokenizer)
+    return AdaptedModel(peft_model, name=name, family=family, task=kind.head, tokenizer=tokenizer)

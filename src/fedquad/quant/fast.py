@@ -1,7 +1,15 @@
 """Fast activation quantizer: the reference's contract and bit-exact results, fewer memory passes.
 
-Why it is faster: the reference makes ~10 full passes over the activation (pad copy, min, max, sub,
-mul, round, clamp, cast, pack, ...). Here the tensor is viewed as [groups, group_size] without a
+Paths, chosen per call: CPU tensors take the native C kernels (``cpu_ext.py``: one pass, group by
+group, roughly copy speed) when a C compiler is at hand; otherwise the ``torch.compile``d kernels
+below, and the eager chunked path if compiling fails. CUDA tensors take the Triton kernels
+(``triton_kernels.py``) when Triton is installed (``FEDQUAD_QUANT_TRITON=0`` turns them off), else
+the eager path. ``backend()`` says which path CPU tensors take; ``warm_up`` builds/compiles
+everything a setting needs ahead of time. ``quantize_saved`` (the pack hook's entry point) never
+synchronises with a device on any path.
+
+The torch.compile path, why it is faster than the reference: the reference makes ~10 full passes
+over the activation (pad copy, min, max, sub, mul, round, clamp, cast, pack, ...). Here the tensor is viewed as [groups, group_size] without a
 copy and, on CPU, one ``torch.compile``d (Inductor C++, OpenMP) kernel makes two passes: per-row
 min/max, then codes with int4 packing fused in; a second kernel dequantizes in one pass. The
 per-group ``inv`` is a graph output on purpose: it makes Inductor materialise it. Left inline,
@@ -16,17 +24,21 @@ dequantize, dim 0 dynamic so new activation shapes do not recompile. First use c
 a 2-core CPU (~1 s per extra graph, less with Inductor's on-disk cache). If compiling fails (no C++
 compiler, unsupported platform) we warn once and use the chunked eager path below (1.4-2.5x faster
 than the reference, about half the compiled speed). ``FEDQUAD_QUANT_COMPILE=0`` or
-``use_compile(False)`` selects it. Non-CPU tensors always take the eager path.
+``use_compile(False)`` selects it (after the native kernels: ``use_native(False)``,
+``FEDQUAD_QUANT_NATIVE=0``).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import types
 import warnings
 
 import torch
 
+from fedquad.quant import cpu_ext
 from fedquad.quant import reference as ref
 from fedquad.quant.reference import QuantizedTensor
 
@@ -35,6 +47,7 @@ _MIN_COMPILED_GROUPS = 2  # dim 0 of size 0/1 would be specialised by dynamo -> 
 _HINT_ROWS = 8192  # rows of the dummy input each kernel is first compiled on
 
 _compile_enabled = os.environ.get("FEDQUAD_QUANT_COMPILE", "1") not in ("0", "false", "no")
+_native_enabled = True  # cpu_ext reads FEDQUAD_QUANT_NATIVE itself
 _compile_failed = False
 _compiled: dict[tuple, object] = {}
 
@@ -45,9 +58,68 @@ def use_compile(enabled: bool) -> None:
     _compile_enabled = bool(enabled)
 
 
+def use_native(enabled: bool) -> None:
+    """Select the native C kernels (default where they build) or the torch.compile/eager paths."""
+    global _native_enabled
+    _native_enabled = bool(enabled)
+
+
 def backend() -> str:
-    """Which path CPU tensors take now: "compiled" or "eager"."""
+    """Which path CPU tensors take now: "native", "compiled" or "eager"."""
+    if _native_enabled and cpu_ext.available():
+        return "native"
     return "compiled" if _compile_enabled and not _compile_failed else "eager"
+
+
+_triton_failed = False
+_triton_enabled = True
+
+
+def use_triton(enabled: bool) -> None:
+    """Select the Triton kernels (default where Triton is installed) or the eager path for CUDA."""
+    global _triton_enabled
+    _triton_enabled = bool(enabled)
+
+
+def _triton(t: torch.Tensor, bits: int, group_size: int) -> bool:
+    if t.device.type != "cuda" or not _triton_enabled or _triton_failed or (bits == 4 and group_size % 2):
+        return False
+    from fedquad.quant import triton_kernels
+    return triton_kernels.available()
+
+
+def _triton_call(name: str, *args):
+    """A Triton kernel's result, or None (after one warning) if it cannot compile or launch here."""
+    global _triton_failed
+    from fedquad.quant import triton_kernels
+    try:
+        return getattr(triton_kernels, name)(*args)
+    except Exception as exc:  # noqa: BLE001 - an unsupported GPU or toolchain means "use eager"
+        _triton_failed = True
+        warnings.warn(f"fedquad: Triton quantization kernels unavailable ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); using the eager path",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _native(t: torch.Tensor, bits: int, group_size: int) -> bool:
+    return (t.device.type == "cpu" and _native_enabled and not (bits == 4 and group_size % 2)
+            and cpu_ext.available())
+
+
+def warm_up(bits: int, group_size: int, stochastic: bool = False, device: torch.device | str = "cpu") -> float:
+    """Build or compile every kernel a (bits, group_size, stochastic) setting uses, on ``device``;
+    returns the seconds it took. Timed measurements call this first, so that no one-off
+    compilation lands inside a measured step (the compiled path costs ~10 s cold)."""
+    start = time.perf_counter()
+    x = torch.randn(4 * group_size + 1, device=device)  # several groups and a partial tail
+    gen = torch.Generator(device=x.device).manual_seed(0) if stochastic else None
+    for sample in (x, x.abs()):  # the linear and the square-root grid
+        q, _ = quantize_saved(sample, bits, group_size, stochastic, gen)
+        dequantize(q)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 # ---- compiled kernels ------------------------------------------------------------------------
@@ -81,13 +153,16 @@ def _make_quantize_kernel(bits: int, stochastic: bool):
 
 def _make_dequantize_kernel(bits: int):
     def kernel(payload: torch.Tensor, scale: torch.Tensor, lo: torch.Tensor):  # payload uint8 [G, *]
-        s, m = scale.view(-1, 1), lo.view(-1, 1)  # [G, 1]
+        s, m = scale.view(-1, 1).abs(), lo.view(-1, 1)  # [G, 1]
+        sq = torch.signbit(scale).view(-1, 1)  # square-root grid
         if bits == 8:
-            return payload.to(torch.float32) * s + m  # [G, gs]
+            y = payload.to(torch.float32) * s + m  # [G, gs]
+            return torch.where(sq, y * y, y)
         # dequantize each nibble, then interleave: one fused kernel (stacking the uint8 nibbles
         # first makes Inductor emit two kernels and an intermediate buffer; 1.25x slower)
         even = (payload & 0x0F).to(torch.float32) * s + m  # [G, gs/2]
         odd = (payload >> 4).to(torch.float32) * s + m
+        even, odd = torch.where(sq, even * even, even), torch.where(sq, odd * odd, odd)
         return torch.stack([even, odd], dim=-1).view(payload.shape[0], -1)  # [G, gs]
 
     return kernel
@@ -181,7 +256,9 @@ def _eager_dequantize_rows(payload: torch.Tensor, scale: torch.Tensor, lo: torch
             o[:, 1::2].copy_(p >> 4)
         else:
             o.copy_(p)
-        o.mul_(scale[i:j, None]).add_(lo[i:j, None])
+        s = scale[i:j, None]
+        o.mul_(s.abs()).add_(lo[i:j, None])
+        torch.where(torch.signbit(s), o * o, o, out=o)  # square-root grid
     return out
 
 
@@ -191,8 +268,61 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
              generator: torch.Generator | None = None) -> QuantizedTensor:
     """Same contract and same bits as ``reference.quantize``."""
     ref.check_input(x, bits, group_size)
+    if _native(x, bits, group_size):
+        q, status = _native_quantize(x, bits, group_size, stochastic, generator, False, math.inf)
+        if status == 1:
+            raise ValueError("cannot quantize a tensor with non-finite values or a range beyond float32")
+        return q
+    if _triton(x, bits, group_size):
+        out = _triton_call("quantize_saved", x, bits, group_size, stochastic, generator, False, math.inf)
+        if out is not None:
+            if bool(out[1]):  # the plain quantizer's contract: refuse (this reads the flag on the host)
+                raise ValueError("cannot quantize a tensor with non-finite values or a range beyond float32")
+            return out[0]
+    q = _quantize_any(x, bits, group_size, stochastic, generator)
+    ref.check_finite(q.scale)
+    return q
+
+
+def quantize_saved(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+                   generator: torch.Generator | None = None, sqrt_nonnegative: bool = True,
+                   limit: float = math.inf) -> tuple[QuantizedTensor, torch.Tensor]:
+    """Same contract and same bits as ``reference.quantize_saved``; never synchronises with a device.
+    Native CPU path: the keep-raw and sqrt-grid decisions come out of the kernel's own pass."""
+    ref.check_input(x, bits, group_size)
+    if _native(x, bits, group_size):
+        q, status = _native_quantize(x, bits, group_size, stochastic, generator, sqrt_nonnegative, limit)
+        return q, torch.tensor(status == 1)
+    if _triton(x, bits, group_size):
+        out = _triton_call("quantize_saved", x, bits, group_size, stochastic, generator, sqrt_nonnegative, limit)
+        if out is not None:
+            return out
+    flat = x.detach().reshape(-1).to(torch.float32)
+    lo, hi = (flat.amin(), flat.amax()) if flat.numel() else (flat.new_zeros(()), flat.new_zeros(()))
+    keep_raw = ~((lo.abs() < limit) & (hi.abs() < limit))
+    if sqrt_nonnegative:
+        use_sqrt = (lo >= 0) & ~keep_raw
+        flat = torch.where(use_sqrt, flat.double().sqrt().float(), flat)
+    q = _quantize_any(flat, bits, group_size, stochastic, generator)
+    keep_raw = keep_raw | ~torch.isfinite(q.scale).all()
+    scale = torch.where(use_sqrt, q.scale.neg(), q.scale) if sqrt_nonnegative else q.scale
+    return QuantizedTensor(q.payload, scale, q.minimum, x.shape, x.dtype, bits, group_size), keep_raw
+
+
+def _native_quantize(x, bits, group_size, stochastic, generator, sqrt_nonnegative, limit):
+    flat = x.detach().reshape(-1).to(torch.float32).contiguous()  # a view for contiguous float32
+    groups = -(-flat.numel() // group_size)
+    noise = ref.uniform_noise((groups, group_size), flat.device, generator).reshape(-1) if stochastic else None
+    payload, scale, lo, status = cpu_ext.quantize(flat, bits, group_size, noise, sqrt_nonnegative, limit)
+    return QuantizedTensor(payload, scale, lo, x.shape, x.dtype, bits, group_size), status
+
+
+def _quantize_any(x: torch.Tensor, bits: int, group_size: int, stochastic: bool,
+                  generator: torch.Generator | None) -> QuantizedTensor:
+    """torch.compile / eager paths, no finiteness check (callers decide)."""
     if bits == 4 and group_size % 2:  # per-row packing needs even rows; odd group sizes are exotic
-        return ref.quantize(x, bits, group_size, stochastic, generator)
+        q = ref._quantize_flat(x.detach().reshape(-1).to(torch.float32), bits, group_size, stochastic, generator)
+        return QuantizedTensor(q.payload, q.scale, q.minimum, x.shape, x.dtype, bits, group_size)
     flat = x.detach().reshape(-1).to(torch.float32)  # [n]; a view for contiguous float32 input
     n = flat.numel()
     full, rest = divmod(n, group_size)
@@ -217,12 +347,19 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
             t_pay[-1:] &= 0x0F  # the spec leaves the unused last high nibble zero
         payload = torch.cat([payload.reshape(-1), t_pay])
         scale, lo = torch.cat([scale, t_scale]), torch.cat([lo, t_lo])
-    ref.check_finite(scale)
     return QuantizedTensor(payload.reshape(-1), scale, lo, x.shape, x.dtype, bits, group_size)
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Same contract and same values as ``reference.dequantize``; ``q`` is only read."""
+    if _native(q.payload, q.bits, q.group_size):
+        out = cpu_ext.dequantize(q.payload.contiguous(), q.numel, q.group_size, q.bits, q.scale.contiguous(),
+                                 q.minimum.contiguous())
+        return out.to(q.dtype).reshape(q.shape)
+    if _triton(q.payload, q.bits, q.group_size):
+        out = _triton_call("dequantize", q)
+        if out is not None:
+            return out
     if q.bits == 4 and q.group_size % 2:
         return ref.dequantize(q)
     n, gs = q.numel, q.group_size

@@ -18,6 +18,19 @@ float32 operations *are* the definition:
 ``inv`` finite: constant groups (and groups whose range is below ~1e-36) get code 0 everywhere and
 round-trip to exactly ``lo``. For finite input ``0 <= (x - lo) * inv <= qmax * (1 + 3 eps)``, so the
 round-to-nearest clamp never changes a code; it is kept here as the plain statement of the spec.
+
+Saved activations go through ``quantize_saved``, which adds two per-tensor decisions the pack hook
+needs, both taken from the tensor's min/max (a kernel gets them from its own per-group pass, with
+no extra read and no host synchronisation):
+
+    keep_raw = not (|min| < limit and |max| < limit)    (true for NaN/inf too, and when a group's
+               range overflows float32): the codes are then unspecified
+    sqrt     = sqrt_nonnegative and min >= 0             quantize s = sqrt(x) (correctly rounded)
+               instead of x; stored as -scale (the sign bit marks the grid) and squared back:
+    x'       = (code * |scale| + lo) ** 2   where signbit(scale), else  code * |scale| + lo
+
+``torch.sqrt`` on CPU is not correctly rounded (it differs from IEEE sqrt in ~20% of float32
+inputs), so the spec computes it in float64 and rounds once, which equals IEEE float32 sqrt.
 """
 
 from __future__ import annotations
@@ -40,7 +53,8 @@ class QuantizedTensor:
     """What a quantizer keeps of one tensor; everything needed to rebuild it, nothing more.
 
     ``payload`` holds one code per element (int8) or two per byte (int4, low nibble = even index,
-    last high nibble zero for odd counts); ``scale``/``minimum`` hold one float32 per group.
+    last high nibble zero for odd counts); ``scale``/``minimum`` hold one float32 per group. A set
+    sign bit on a group's scale means the group is on the square-root grid (``quantize_saved``).
     """
 
     payload: torch.Tensor  # uint8 [numel] (int8) or [ceil(numel / 2)] (int4)
@@ -140,7 +154,31 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
              generator: torch.Generator | None = None) -> QuantizedTensor:
     """Per-group asymmetric min/max quantization of ``x`` flattened; see the module docstring."""
     check_input(x, bits, group_size)
+    q = _quantize_flat(x.detach().reshape(-1).to(torch.float32), bits, group_size, stochastic, generator)
+    check_finite(q.scale)
+    return QuantizedTensor(q.payload, q.scale, q.minimum, x.shape, x.dtype, bits, group_size)
+
+
+def quantize_saved(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+                   generator: torch.Generator | None = None, sqrt_nonnegative: bool = True,
+                   limit: float = math.inf) -> tuple[QuantizedTensor, torch.Tensor]:
+    """(quantized, keep_raw): the pack hook's quantizer, see the module docstring. ``keep_raw`` is a
+    0-dim bool tensor on ``x``'s device; where it is true the caller must keep ``x`` itself."""
+    check_input(x, bits, group_size)
     flat = x.detach().reshape(-1).to(torch.float32)  # [n]
+    lo, hi = (flat.amin(), flat.amax()) if flat.numel() else (flat.new_zeros(()), flat.new_zeros(()))
+    keep_raw = ~((lo.abs() < limit) & (hi.abs() < limit))
+    use_sqrt = (lo >= 0) & ~keep_raw if sqrt_nonnegative else torch.zeros_like(keep_raw)
+    src = torch.where(use_sqrt, flat.double().sqrt().float(), flat)
+    q = _quantize_flat(src, bits, group_size, stochastic, generator)
+    keep_raw = keep_raw | ~torch.isfinite(q.scale).all()  # a group range beyond float32
+    scale = torch.where(use_sqrt, q.scale.neg(), q.scale)
+    return QuantizedTensor(q.payload, scale, q.minimum, x.shape, x.dtype, bits, group_size), keep_raw
+
+
+def _quantize_flat(flat: torch.Tensor, bits: int, group_size: int, stochastic: bool,
+                   generator: torch.Generator | None) -> QuantizedTensor:
+    """The quantizer proper on float32 [n], with no finiteness check (callers decide)."""
     n = flat.numel()
     groups = -(-n // group_size)
     pad = groups * group_size - n
@@ -151,7 +189,6 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
     lo = grid.amin(dim=1) if groups else grid.new_zeros(0)  # [G]
     hi = grid.amax(dim=1) if groups else grid.new_zeros(0)  # [G]
     scale, inv = group_params(lo, hi, bits)
-    check_finite(scale)
 
     v = (grid - lo[:, None]) * inv[:, None]  # [G, group_size], in [0, qmax] up to rounding
     if stochastic:
@@ -160,14 +197,16 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
         v = torch.round(v)
     codes = v.clamp(0, (1 << bits) - 1).to(torch.uint8).reshape(-1)[:n]  # [n]
     payload = pack_int4(codes) if bits == 4 else codes.clone()
-    return QuantizedTensor(payload, scale, lo, x.shape, x.dtype, bits, group_size)
+    return QuantizedTensor(payload, scale, lo, flat.shape, torch.float32, bits, group_size)
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Rebuild a new contiguous tensor of ``q.shape``/``q.dtype``; never mutates ``q``."""
     n = q.numel
     codes = unpack_int4(q.payload, n) if q.bits == 4 else q.payload  # uint8 [n]
-    scale = q.scale.repeat_interleave(q.group_size)[:n]  # [n]
+    scale = q.scale.abs().repeat_interleave(q.group_size)[:n]  # [n]
     lo = q.minimum.repeat_interleave(q.group_size)[:n]  # [n]
     out = codes.to(torch.float32) * scale + lo
+    on_sqrt_grid = torch.signbit(q.scale).repeat_interleave(q.group_size)[:n]  # [n]
+    out = torch.where(on_sqrt_grid, out * out, out)
     return out.to(q.dtype).reshape(q.shape)

@@ -29,21 +29,55 @@ def seed_dir(out_dir: str, seed: int) -> str:
 
 
 def compare_seeds(config, strategies: list[str], out_dir: str, seeds: list[int], target: float | None = None,
-                  show_progress: bool = True) -> dict:
-    """Run `compare` once per seed (each into seed-<n>/), then write seeds.json/.md and the plot."""
-    from fedquad.sim.compare import compare
+                  show_progress: bool = True, *, resume: bool = False, overwrite: bool = False,
+                  changes: dict | None = None) -> dict:
+    """Run `compare` once per seed (each into seed-<n>/), then write seeds.json/.md and the plot.
+
+    A (strategy, seed) run already there is refused unless `overwrite`; `resume` keeps every
+    finished one and continues the others (`changes`: e.g. {"rounds": 40}, see `compare`). Other
+    processes may run other seeds into the same folder at the same time."""
+    from fedquad.sim.compare import (check_existing, check_leftover_profile, clear_comparison, compare,
+                                     plan_differences, scan_runs, write_plan)
+    from fedquad.sim.recorder import pinned_profile, prepare_out_dir, remove_created
     if target is None and config.target_accuracy is None:
         raise FedquadError("a multi-seed comparison needs a target accuracy (--target-accuracy)")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad or not seeds or len(set(seeds)) != len(seeds):
+        raise FedquadError(f"seeds must be distinct non-negative integers, got {seeds}")
+    created = prepare_out_dir(out_dir)
+    if changes:
+        config = config.replace(**changes)
+    on_disk = [int(n[5:]) for n in sorted(os.listdir(out_dir)) if n.startswith("seed-") and n[5:].isdigit()]
+    scans = [(out_dir, [], plan_differences(out_dir, config))]
+    for seed in dict.fromkeys([*seeds, *on_disk]):
+        folder = seed_dir(out_dir, seed)
+        if os.path.isdir(folder):
+            present, other = scan_runs(folder, pinned_profile(config.replace(seed=seed), folder),
+                                       strategies if seed in seeds else [])
+            scans.append((folder, present, other))
+    check_existing(out_dir, scans, resume=resume, overwrite=overwrite,
+                   clear_all=lambda: clear_comparison(out_dir, keep_profile=config.profile))
+    for seed in seeds:  # before anything is written: a seed folder holding only an old profile.json
+        if os.path.isdir(seed_dir(out_dir, seed)):
+            check_leftover_profile(seed_dir(out_dir, seed), config.replace(seed=seed), resume=resume,
+                                   overwrite=overwrite)
+    write_plan(out_dir, config, strategies, target, list(seeds))
     reports = {}
-    for n, seed in enumerate(seeds, 1):
-        if show_progress:
-            print(f"seed {seed} ({n}/{len(seeds)}) -> {seed_dir(out_dir, seed)}", file=sys.stderr, flush=True)
-        reports[seed] = compare(config.replace(seed=seed), strategies, seed_dir(out_dir, seed), target,
-                                show_progress=show_progress)
+    try:
+        for n, seed in enumerate(seeds, 1):
+            if show_progress:
+                print(f"seed {seed} ({n}/{len(seeds)}) -> {seed_dir(out_dir, seed)}", file=sys.stderr, flush=True)
+            reports[seed] = compare(config.replace(seed=seed), strategies, seed_dir(out_dir, seed), target,
+                                    show_progress=show_progress, resume=resume)
+    except Exception:
+        if not any(n.startswith("seed-") for n in os.listdir(out_dir)):  # nothing worth keeping
+            os.remove(os.path.join(out_dir, "compare.json"))
+            remove_created(created)
+        raise
     return write_seed_report(reports, out_dir)
 
 
-def reports_from_seed_runs(out_dir: str, strategies: list[str], seeds: list[int], target: float | None) -> dict:
+def reports_from_seed_runs(out_dir: str, strategies: list[str] | None, seeds: list[int], target: float | None) -> dict:
     """Rebuild every seed's comparison (e.g. at another target) and the summary, without training."""
     from fedquad.sim.compare import report_from_runs
     return write_seed_report({s: report_from_runs(seed_dir(out_dir, s), strategies, target) for s in seeds}, out_dir)

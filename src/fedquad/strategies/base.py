@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from fedquad.costmodel import CostModel, Profile, RoundTimeBreakdown, cost_model
 from fedquad.devices import Device
 from fedquad.plan import ClientPlan, TrainOptions
+
+if TYPE_CHECKING:  # torch-free at run time: the planning layers must not import torch
+    from fedquad.aggregation import AggregationConfig
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,13 @@ class Strategy:
     name = "base"
     paper = ""
 
+    def __init__(self, aggregation: AggregationConfig | None = None):
+        self.aggregation = aggregation  # None: the guards' defaults (built lazily: torch lives there)
+
+    def aggregation_config(self) -> AggregationConfig:
+        from fedquad.aggregation import AggregationConfig
+        return self.aggregation or AggregationConfig()
+
     def init_state(self, num_blocks: int) -> dict:
         return {}
 
@@ -111,10 +121,12 @@ class Strategy:
 
     def aggregate(self, ctx: RoundContext, global_state: Mapping[str, Any], outcomes: Sequence[ClientOutcome],
                   state: dict):
-        """Per-key weighted mean over the clients that returned each key (DESIGN section 6)."""
+        """Per-key weighted mean over the clients that returned each key (DESIGN section 6), behind
+        the guards of `fedquad.aggregation` (one update per device, bounded norms and weights)."""
         from fedquad.aggregation import aggregate_per_key  # torch lives there, not in planning
         ok = [o for o in outcomes if o.status == "ok"]
-        return aggregate_per_key(global_state, [(o.update, o.examples) for o in ok])
+        return aggregate_per_key(global_state, [(o.update, o.examples) for o in ok],
+                                 client_ids=[o.device_id for o in ok], config=self.aggregation_config())
 
     def observe(self, ctx: RoundContext, outcomes: Sequence[ClientOutcome], state: dict) -> dict:
         return state
@@ -137,9 +149,8 @@ def fixed_plan_assignments(ctx: RoundContext, strategy: Strategy, devices: Seque
 
 def deepest_fitting_depth(ctx: RoundContext, budget_bytes: float) -> int | None:
     """Largest d with the unquantized plan of depth d within the budget (None: not even d = 0)."""
-    cm = ctx.cost_model
-    fits = [d for d in range(ctx.num_blocks + 1) if cm.memory_bytes(ClientPlan(d)) <= budget_bytes]
-    return max(fits) if fits else None
+    found = ctx.cost_model.deepest_fitting(budget_bytes)
+    return None if found is None else found[0]
 
 
 def sit_out_if_useless(ctx: RoundContext, a: Assignment) -> Assignment:

@@ -6,9 +6,13 @@ shows what quantized saved activations add on top of depth adaptation.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from fedquad.planner import PlannerConfig
 from fedquad.strategies.fedquad import FedQuad
+
+if TYPE_CHECKING:
+    from fedquad.aggregation import AggregationConfig
 
 
 class DepthOnly(FedQuad):
@@ -17,5 +21,5 @@ class DepthOnly(FedQuad):
     name = "depth-only"
     paper = "LEGEND-style adaptive depth (Liu et al., 2024), as FedQuad's planner without quantization"
 
-    def __init__(self, planner: PlannerConfig = PlannerConfig()):
-        super().__init__(dataclasses.replace(planner, allow_quant=False))
+    def __init__(self, planner: PlannerConfig = PlannerConfig(), aggregation: AggregationConfig | None = None):
+        super().__init__(dataclasses.replace(planner, allow_quant=False), aggregation)

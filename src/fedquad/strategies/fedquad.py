@@ -8,18 +8,22 @@ EMA re-planning) are this project's design, see DESIGN.md section 5. `depth-only
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fedquad.devices import Device
 from fedquad.planner import DeviceDecision, PlannerConfig, PlannerState, RoundPlan, plan_round
 from fedquad.strategies.base import Assignment, ClientOutcome, RoundContext, Strategy, sit_out_if_useless
+
+if TYPE_CHECKING:
+    from fedquad.aggregation import AggregationConfig
 
 
 class FedQuad(Strategy):
     name = "fedquad"
     paper = "Li et al., FedQuad: Adaptive Layer-wise LoRA Deployment and Activation Quantization (arXiv 2506.01001)"
 
-    def __init__(self, planner: PlannerConfig = PlannerConfig()):
+    def __init__(self, planner: PlannerConfig = PlannerConfig(), aggregation: AggregationConfig | None = None):
+        super().__init__(aggregation)
         self.planner = planner
 
     def init_state(self, num_blocks: int) -> dict:

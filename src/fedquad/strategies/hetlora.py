@@ -15,19 +15,24 @@ How the capacity maps to a rank and the pruning constants are ours; the paper le
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from fedquad.costmodel import RoundTimeBreakdown
 from fedquad.devices import Device
 from fedquad.plan import ClientPlan, TrainOptions
 from fedquad.strategies.base import Assignment, ClientOutcome, RoundContext, Strategy
 
+if TYPE_CHECKING:
+    from fedquad.aggregation import AggregationConfig
+
 
 class HetLoRA(Strategy):
     name = "hetlora"
     paper = "Cho et al., Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models (EMNLP 2024)"
 
-    def __init__(self, min_rank: int = 2, prune_step: int = 1, prune_threshold: float = 0.05):
+    def __init__(self, min_rank: int = 2, prune_step: int = 1, prune_threshold: float = 0.05,
+                 aggregation: AggregationConfig | None = None):
+        super().__init__(aggregation)
         self.min_rank, self.prune_step, self.prune_threshold = min_rank, prune_step, prune_threshold
 
     def init_state(self, num_blocks: int) -> dict:
@@ -62,10 +67,12 @@ class HetLoRA(Strategy):
 
     def aggregate(self, ctx: RoundContext, global_state: Mapping[str, Any], outcomes: Sequence[ClientOutcome],
                   state: dict):
+        """Sparsity-weighted, per rank component, behind the same guards as the per-key mean."""
         from fedquad.aggregation import aggregate_ranked  # torch only on the aggregation side
         ok = [o for o in outcomes if o.status == "ok"]
         return aggregate_ranked(global_state, [(o.update, o.examples, o.assignment.options.rank or ctx.lora_rank)
-                                               for o in ok])
+                                               for o in ok], client_ids=[o.device_id for o in ok],
+                                config=self.aggregation_config())
 
     def observe(self, ctx: RoundContext, outcomes: Sequence[ClientOutcome], state: dict) -> dict:
         from fedquad.aggregation import tail_energy_share

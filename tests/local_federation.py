@@ -1,11 +1,16 @@
 """A Flower federation on this machine: one SuperLink and SuperNodes as real processes on loopback.
 
-Used by `scripts/deploy_smoke.py` and the integration tests; handy to try a deployment before
-spreading it over machines. Every process is started in its own session and stopped by its PID
-(with the processes it spawned, found by PID too), also when something fails: use it as a
-context manager. Flower state stays in a private `FLWR_HOME` inside the work folder, and the app
-config is a copy of the repository's `pyproject.toml`, because `flwr run` may rewrite the app
-config it is given.
+Test tooling, kept out of the installed package: only `tests/test_flower.py` and
+`scripts/deploy_smoke.py` (`make deploy-smoke`) use it, both from a source checkout (it copies the
+checkout's `pyproject.toml` as the app config), and nothing a user runs (`fedquad ...`, the
+ServerApp, the ClientApp) needs it: a real deployment starts `flower-superlink` /
+`flower-supernode` itself (docs/deployment.md). pytest finds it because tests/ is on its path;
+the smoke script puts tests/ on `sys.path`.
+
+Every process is started in its own session and stopped by its PID (with the processes it
+spawned, found by PID too), also when something fails: use it as a context manager. Flower state
+stays in a private `FLWR_HOME` inside the work folder, and the app config is a copy of the
+repository's `pyproject.toml`, because `flwr run` may rewrite the app config it is given.
 
 TLS and SuperNode authentication use certificates and keys made here with `cryptography` (what
 `openssl` and `ssh-keygen` make in docs/deployment.md): a CA, a server certificate for
@@ -38,7 +43,7 @@ def free_port() -> int:
 
 def repo_app_config() -> Path:
     """The repository's pyproject.toml (the Flower app config); needs a source checkout."""
-    path = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    path = Path(__file__).resolve().parents[1] / "pyproject.toml"  # tests/.. = the checkout
     if not path.is_file() or "[tool.flwr.app]" not in path.read_text():
         raise FileNotFoundError(f"no Flower app config at {path}: run from a fedquad source checkout")
     return path

@@ -1,4 +1,4 @@
-"""Central evaluation of a causal LM on held-out causal-LM tokens (`CausalTokenizedData`).
+"""Evaluation of a causal LM on held-out causal-LM tokens (`CausalTokenizedData`).
 
 `evaluate_causal_lm` returns, over a fixed seeded subset of the split:
 
@@ -30,22 +30,18 @@ import numpy as np
 import torch
 
 from fedquad.datasets.batching import BatchConfig, iterate_batches
-from fedquad.datasets.causal import IGNORE_INDEX, CausalTokenizedData
 from fedquad.errors import FedquadError
+from fedquad.tasks.base import eval_indices
+from fedquad.tasks.causal_lm_tokens import IGNORE_INDEX, CausalTokenizedData
 
 _MAX_LOGIT_ELEMENTS = 1 << 25  # logits per forward (x4 bytes): bounds eval memory for large vocabularies
-
-
-def _eval_indices(num_examples: int, max_examples: int | None, seed: int) -> np.ndarray:
-    from fedquad.evaluation import eval_indices  # the same subset rule as classification
-    return eval_indices(num_examples, max_examples, seed)
 
 
 @torch.no_grad()
 def evaluate_causal_lm(adapted, tokens: CausalTokenizedData, *, batch_size: int = 64, max_examples: int | None = None,
                        seed: int = 0) -> dict[str, float]:
     """Loss, perplexity, token accuracy and (short answers) exact match of `adapted` as it is."""
-    if not hasattr(tokens, "prompt_lengths"):
+    if not isinstance(tokens, CausalTokenizedData):
         raise FedquadError("causal-LM evaluation needs causal-LM tokens (prompt/response or text data); "
                            "got classification tokens")
     if batch_size < 1:
@@ -53,7 +49,7 @@ def evaluate_causal_lm(adapted, tokens: CausalTokenizedData, *, batch_size: int 
     model = adapted.model
     was_training = model.training
     model.eval()
-    idx = _eval_indices(len(tokens), max_examples, seed)
+    idx = eval_indices(len(tokens), max_examples, seed)  # the same subset rule as classification
     try:
         loss_sum, correct, scored = _teacher_forced(model, adapted.device, tokens, idx, batch_size)
         out = {"loss": loss_sum / max(scored, 1), "token_accuracy": correct / max(scored, 1)}
