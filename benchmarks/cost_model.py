@@ -11,7 +11,7 @@
      cost model's step time at speed 1.
 3. Print the table and the worst errors; write docs/bench_cost_model.md.
 
-Goals (DESIGN section 4): bytes within 5%, step time within 25%.
+Goals (docs/design.md, "Cost model"): bytes within 5%, step time within 25%.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ reports: kept bytes of the blocks + bytes saved outside them) and the median of 
 (forward + backward + AdamW step; all {len(plans)} plans stepped round-robin in another shuffled order), against
 the cost model's `saved_bytes` and `step_time_s` at speed 1.
 
-Goals (DESIGN section 4): bytes within {BYTES_GOAL:.0%}, step time within {TIME_GOAL:.0%}.
+Goals (docs/design.md, "Cost model"): bytes within {BYTES_GOAL:.0%}, step time within {TIME_GOAL:.0%}.
 
 ## Summary
 

@@ -7,9 +7,9 @@ the table gives the worst and the mean cosine over the LoRA tensors (the task he
 minimum of each over the seeds, and kept/raw bytes. Deterministic: timing plays no part.
 
 Cases: int8 and int4 x {1, half, all} blocks at bottom placement (the default); top placement for
-1 and half the blocks (DESIGN section 2 ablation: all blocks is the same set either way);
+1 and half the blocks (the placement ablation of docs/design.md, "The client": all blocks is the same set either way);
 stochastic rounding for int4 on one block; the linear grid (no sqrt for non-negative tensors) for
-int8 and int4, to show what the sqrt grid buys. Targets (DESIGN section 3): int8 >= 0.9999 and
+int8 and int4, to show what the sqrt grid buys. Targets (docs/design.md, "The client"): int8 >= 0.9999 and
 int4 >= 0.98 on every LoRA gradient.
 """
 
@@ -130,7 +130,7 @@ def main():
         f"reference). kept/raw counts the saved-activation bytes of all blocks / of the quantized blocks "
         f"only (a range where it differs between seeds). *Blocks with changed LoRA grads* lists the blocks having at least one LoRA gradient that is not "
         f"bit-identical to the unquantized step (union over seeds): the reach of the quantization error. "
-        f"Targets (DESIGN section 3): int8 >= 0.9999, int4 >= 0.98 on every LoRA gradient.\n"]
+        f"Targets (docs/design.md, \"The client\"): int8 >= 0.9999, int4 >= 0.98 on every LoRA gradient.\n"]
     for name, task in MODELS:
         parts.append(measure(name, task, args.seeds, args.batch_size, args.seq_len))
     path = write_doc("bench_fidelity.md", "Gradient fidelity of quantized saved activations", "\n".join(parts))

@@ -186,12 +186,12 @@ def fidelity_rows(adapted, batch, group_size: int) -> str:
         worst[(q, bits)] = min(cos.values())
         print(f"  fidelity d={d} q={q} int{bits}: min cosine {min(cos.values()):.6f}", flush=True)
     verdict = lambda x, goal: "meets" if x >= goal else "misses"  # noqa: E731
-    summary = (f"Against the DESIGN targets: int8 with one quantized block {worst[(1, 8)]:.6f} "
+    summary = (f"Against the fidelity targets (docs/design.md, \"The client\"): int8 with one quantized block {worst[(1, 8)]:.6f} "
                f"({verdict(worst[(1, 8)], 0.9999)} 0.9999); int4 with all {d} trainable blocks quantized "
                f"{worst[(d, 4)]:.6f} ({verdict(worst[(d, 4)], 0.98)} 0.98, which is stated for one block). "
                "The tiny fp32 models of the fast tests hold int8 one-block >= 0.9999 (tests/test_causal_lm.py).\n")
     return ("\nGradient fidelity at this scale (same batch and seed; LoRA B perturbed to std 0.02 so LoRA A has a "
-            "gradient; DESIGN targets: int8 one block >= 0.9999, int4 >= 0.98):\n\n"
+            "gradient; targets: int8 one block >= 0.9999, int4 >= 0.98):\n\n"
             + markdown_table(["depth", "quantized blocks", "bits", "kept/raw (blocks)", "min LoRA grad cosine",
                               "mean", "worst tensor"], rows) + "\n\n" + summary)
 
@@ -213,7 +213,7 @@ def part2(args) -> str:
     ratio = est("llama-1b", 1, 512, "fused").kept_ratio
     parts = [
         "## Part 2: deepest trainable depth per memory budget (cost model, config-only estimates)\n\n"
-        "Memory of a plan (DESIGN section 4): frozen bf16 weights + the whole LoRA adapter (rank 8, all seven "
+        "Memory of a plan (docs/design.md, \"Cost model\"): frozen bf16 weights + the whole LoRA adapter (rank 8, all seven "
         "projections) + 3x the trained adapter bytes (gradient and AdamW moments) + saved activations + a "
         "workspace of one block's saved activations. Cells give the deepest depth whose plan fits, and with "
         "int8/int4 the fewest quantized (bottom) blocks needed at that depth (q); at depth 0 a causal LM trains "

@@ -8,7 +8,7 @@ counts and smooth times, stretched to 32 blocks. Each repeat plans with a fresh 
 so building the plan menu and the efficient sets is part of the time (the cold, first-round
 cost). A second table runs a deliberately bad case for the greedy: near-identical devices with
 big budgets, where the straggler walk cannot stop early. The last line printed is
-`10000 devices x 32 blocks: <seconds> s`, the DESIGN section 5 goal being < 1 s.
+`10000 devices x 32 blocks: <seconds> s`, the goal (docs/design.md, "Planner") being < 1 s.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         f"Python {platform.python_version()}; {args.repeats} repeats.", "",
         *lines, "",
         "\"greedy moves\" counts straggler moves until the greedy stopped (at the straggler's lowest plan, or",
-        "earlier once no later state can beat the best one seen). DESIGN section 5 goal: 10,000 devices x 32",
+        "earlier once no later state can beat the best one seen). Goal (docs/design.md, \"Planner\"): 10,000 devices x 32",
         "blocks in under 1 s.", "", "Printed summary (jetson-mixed mix):", "", "```", *summary, "```", ""])
     with open(args.out, "w") as f:
         f.write(report)

@@ -1,4 +1,4 @@
-"""Per-key weighted aggregation (DESIGN section 6) and its guards against malformed updates."""
+"""Per-key weighted aggregation (docs/design.md, "Aggregation") and its guards against malformed updates."""
 
 from __future__ import annotations
 

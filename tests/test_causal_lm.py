@@ -236,7 +236,7 @@ def _worst_lora_cosine(adapted, batch) -> tuple[str, float]:
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
 def test_int8_gradients_match_unquantized(name):
-    """DESIGN target (int8, one quantized block: every LoRA gradient at cosine >= 0.9999) on a
+    """The fidelity target (docs/design.md, "The client"; int8, one quantized block: every LoRA gradient at cosine >= 0.9999) on a
     generated batch with every token scored. The width-64 tiny models sit close to the target:
     at 16 x 64 tokens tiny-qwen2 measured 0.99990-0.99993 over six batches (three just below),
     at 32 x 128 tokens 0.99992-0.99994 for both models, which is the size used here."""
@@ -249,7 +249,7 @@ def test_int8_gradients_match_unquantized(name):
 def test_int8_gradients_on_short_answer_batches(name):
     """The same check on a synthetic-lm batch, where only the 2-4 answer tokens of each example
     carry loss. Measured on these width-64 models: worst LoRA cosine 0.9999 +- 1e-4 depending on
-    the batch, down to 0.9994 (block 0's q/k LoRA A): the DESIGN target is not reached uniformly
+    the batch, down to 0.9994 (block 0's q/k LoRA A): the fidelity target is not reached uniformly
     here, so this holds the measured floor (docs/causal_lm.md)."""
     adapted = cached_model(name, "causal-lm")
     tokens = lm_tokens("train", 32, 64)

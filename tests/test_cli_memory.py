@@ -29,6 +29,7 @@ def test_memory_json_fields_on_tiny_llama(capsys):
     assert out["kept_bytes"] < out["raw_bytes"]
 
 
+@pytest.mark.integration  # three real MiniLM steps with repeats: ~20 s
 def test_memory_done_when_figures_on_minilm(capsys):
     common = ["--model", "minilm", "--bits", "8", "--batch-size", "16", "--seq-len", "64"]
     full = run_json(capsys, *common, "--depth", "6", "--quant-layers", "6")

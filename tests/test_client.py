@@ -43,7 +43,7 @@ def test_identity_hooks_reproduce_gradients_exactly(name, task):
         assert torch.equal(hooked[k], plain[k]), k
 
 
-# DESIGN section 3 targets: int8 >= 0.9999, int4 >= 0.98 on every LoRA gradient. They hold
+# Fidelity targets (docs/design.md, "The client"): int8 >= 0.9999, int4 >= 0.98 on every LoRA gradient. They hold
 # for one quantized block (FedQuad's bottom placement) at both widths. With every block quantized
 # the error of each block adds up: int8 is held to the done-when figure (>= 0.999); int4,
 # with the default int4 storage (bfloat16 scales, per-group Hadamard rotation, head-width tensors at

@@ -89,7 +89,7 @@ def test_lowest_block_bytes(profile):
 
 
 def brute_force(p, plan):
-    """The DESIGN section 4 formulas, block by block, from ClientPlan's own ranges."""
+    """The cost model's formulas (docs/design.md, "Cost model"), block by block, from ClientPlan's own ranges."""
     L = p.num_blocks
     trainable, quantized = plan.trainable_blocks(L), plan.quantized_blocks(L)
     trained_adapter = p.head_adapter_bytes + sum(p.blocks[i].adapter_bytes for i in trainable)

@@ -141,7 +141,7 @@ def walk(profile, budget, prune, utility=DepthUtility()):
 
 
 def naive_greedy(profile, devices, prune):
-    """DESIGN section 5 step 3 literally: no heap, no bound, full recomputation every step."""
+    """The greedy of docs/design.md, "Planner", literally: no heap, no bound, full recomputation every step."""
     walks = {i: walk(profile, d.budget_bytes, prune) for i, d in enumerate(devices)
              if max_depth(profile, d.budget_bytes) is not None}
     pos = {i: len(w) - 1 for i, w in walks.items()}

@@ -2,7 +2,7 @@
 
 The bytes the cost model predicts from a profile must match what `fedquad memory`'s probe
 measures for every (depth, quant_layers, bits): kept bytes of the blocks plus the bytes saved
-outside them. DESIGN section 4 asks for 5%; the accounting is exact, so the fast test also checks
+outside them. docs/design.md ("Cost model") asks for 5%; the accounting is exact, so the fast test also checks
 equality, and checks the blocks' part alone (the part the lowest-block correction is about: on
 LLaMA, the lowest trainable block saves less than the others).
 """

@@ -1,4 +1,4 @@
-"""Pack/unpack policy: skip rules, dedup, accounting, and the known traps (DESIGN section 3)."""
+"""Pack/unpack policy: skip rules, dedup, accounting, and the known traps (docs/design.md, "The client")."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ from conftest import quick_profile
 from fedquad.cli.main import main
 from fedquad.sim.config import SimConfig, load_config
 from fedquad.sim.runner import simulate
-from fedquad.sim.checkpoint import load_checkpoint
 from fedquad.strategies import STRATEGIES
 
 # Tiers per test: runs of the federated loop are `integration`; the input checks that fail

@@ -1,4 +1,4 @@
-"""Server-side aggregation of client updates: per-key weighted mean (DESIGN section 6).
+"""Server-side aggregation of client updates: per-key weighted mean (docs/design.md, "Aggregation").
 
 Clients train different subsets of blocks (different LoRA depths), so an update holds only the
 tensors its client trained. Each key is averaged over the clients that returned it, weighted by

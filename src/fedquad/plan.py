@@ -71,7 +71,7 @@ class ClientPlan:
         return f"d={self.depth} q={self.quant_layers}@int{self.bits}"
 
 
-# What a baseline changes in the client beyond the plan (DESIGN section 7). FedQuad itself needs
+# What a baseline changes in the client beyond the plan (docs/design.md, "Strategies"). FedQuad itself needs
 # only the plan. FedRA trains a random subset of blocks as a sub-model: the other blocks are
 # bypassed (their output is their input), so they cost neither activation memory nor backward
 # compute. HetLoRA trains only the first `rank` LoRA components of every adapter (rows of A,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from fedquad.cli._common import add_model_args, load_from_args
 from fedquad.cli.main import non_negative_int, positive_int
+from fedquad.costmodel import save_profile_document
 from fedquad.errors import FedquadError
 
 
@@ -69,16 +69,10 @@ def run(args) -> int:
     with StepProgress(f"profiling {adapted.name}", total, enabled=not args.quiet) as bar:
         profile = profile_model(adapted, batch, quant=quant, repeats=args.repeats, warmup=args.warmup,
                                 seed=args.seed, statistic=args.statistic, progress=bar)
-    tmp = args.out + ".tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(profile, f, indent=2)
-        os.replace(tmp, args.out)
+        save_profile_document(args.out, profile)
     except OSError as exc:
         raise FedquadError(f"cannot write {args.out}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     saved = sum(b["saved_bytes"] for b in profile["blocks"])
     Console().print(f"wrote {args.out}: {profile['num_blocks']} blocks, {saved / 2**20:.1f} MiB saved activations at "
                     f"full depth, int8 kept/raw {profile['kept_ratio']['8']:.3f}, int4 {profile['kept_ratio']['4']:.3f}, "

@@ -36,6 +36,6 @@ __all__ = [
     "SyntheticLMConfig", "TASKS", "TaskData", "TaskSpec", "TextClassificationData", "TokenizedData",
     "bayes_accuracy", "clear_token_cache", "constant_answer_accuracy", "count_batches", "generate_lm_split",
     "generate_split", "holdout_split", "iterate_batches", "label_histograms", "load_causal_jsonl", "load_csv",
-    "load_file", "load_jsonl", "load_table", "load_task", "load_task_data", "looks_causal_jsonl",
+    "load_file", "load_jsonl", "load_table", "load_task", "load_task_data", "load_tsv", "looks_causal_jsonl",
     "make_synthetic_task", "partition", "resolve_data_root", "vocabulary_of",
 ]

@@ -1,4 +1,4 @@
-"""Device classes (DESIGN section 8): public spec figures plus documented calibration.
+"""Device classes (docs/design.md, "Simulated devices"): public spec figures plus documented calibration.
 
 The shipped catalog is resources/devices/catalog.json; its "notes" explain every number that is
 an estimate rather than a spec figure. Pure Python: no torch.

@@ -1,4 +1,4 @@
-"""FedQuad planner (DESIGN section 5): per device per round, a (depth, quant_layers, bits) plan.
+"""FedQuad planner (docs/design.md, "Planner"): per device per round, a (depth, quant_layers, bits) plan.
 
 1. feasible set under the device's memory budget (empty: the device cannot take part, and the
    decision says by how much it is short); 2. efficient set, one least-time plan per depth

@@ -1,4 +1,4 @@
-"""Planner parameters and the utility it maximizes (DESIGN section 5).
+"""Planner parameters and the utility it maximizes (docs/design.md, "Planner").
 
 Everything a researcher may want to vary is a field of the frozen PlannerConfig; the utility is a
 protocol, so another definition of "training value" can be passed without touching the greedy.
@@ -69,7 +69,7 @@ class PlannerConfig:
                 "against batches that need more than the average one; 0 = plan at the mean)"})
     prune_dominated: bool = field(default=True, metadata={
         "help": "the greedy skips depths whose efficient plan is worth no more than a shallower, faster one "
-                "(False = walk every depth, as DESIGN section 5 literally says)"})
+                "(False = walk every depth: the literal greedy of docs/design.md, \"Planner\")"})
     consider_uniform: bool = field(default=True, metadata={
         "help": "also evaluate uniform-depth assignments when the greedy alone cannot guarantee to beat them"})
 

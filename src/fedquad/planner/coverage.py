@@ -1,4 +1,4 @@
-"""Coverage option (DESIGN section 5, step 4): keep every block trained by someone.
+"""Coverage option (docs/design.md, "Planner"): keep every block trained by someone.
 
 Shallow plans leave the blocks nearest the input untrained; if that lasts, those adapters never
 move. When a block has had no trainer for K rounds and nobody trains it in the planned

@@ -1,4 +1,4 @@
-"""Feasible and efficient plan sets (DESIGN section 5, steps 1-2).
+"""Feasible and efficient plan sets (docs/design.md, "Planner").
 
 Memory and step time of a plan do not depend on the device, only its budget does. So the
 candidates are costed once per (profile, options) in a PlanMenu, and per depth reduced to a

@@ -1,4 +1,4 @@
-"""The FedQuad greedy (DESIGN section 5, step 3) and plan_round, the planner's entry point.
+"""The FedQuad greedy (docs/design.md, "Planner") and plan_round, the planner's entry point.
 
 Greedy: every device starts at the deepest step of its efficient set's walk (its deepest
 efficient plan, minus depths the utility rates no better than a shallower, faster plan - see

@@ -1,4 +1,4 @@
-"""What the planner remembers between rounds (DESIGN section 5, steps 4-5).
+"""What the planner remembers between rounds (docs/design.md, "Planner").
 
 Per device: exponential moving averages of measured/predicted round time and memory, and of
 reported free memory, so a device that slows down or loses free memory gets a lighter plan next

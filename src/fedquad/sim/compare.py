@@ -1,5 +1,5 @@
 """`compare`: several strategies on one config -- same partition, device draw, client sampling and
-seeds -- and the time-to-accuracy table and plots of DESIGN section 9."""
+seeds -- and the time-to-accuracy table and plots of docs/design.md, "Evaluation"."""
 
 from __future__ import annotations
 

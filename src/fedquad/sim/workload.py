@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedquad.costmodel import Profile, load_profile, profile_from_dict
+from fedquad.costmodel import Profile, load_profile, profile_from_dict, save_profile_document
 from fedquad.datasets import DataSettings, PartitionConfig, load_task_data, partition
 from fedquad.devices import Device, Scenario, draw_devices, load_scenario
 from fedquad.errors import FedquadError
@@ -70,8 +70,6 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None, *, repeats:
     if cached and os.path.isfile(cached):
         raise FedquadError(f"{out_dir} already holds a profile.json and the config names no profile: set "
                            f"profile={os.path.abspath(cached)} to use it, or remove it to measure a new one")
-    import json
-
     from fedquad.client.saved_activations import QuantSettings
     from fedquad.diagnostics.memory import generated_batch, perturb_adapters
     from fedquad.diagnostics.profile import profile_model, profile_steps
@@ -89,10 +87,7 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None, *, repeats:
                              warmup=warmup, progress=bar)
     adapted.load_adapter_state(state)
     if cached:
-        tmp = cached + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, cached)
+        save_profile_document(cached, data)
     return profile_from_dict(data, "measured profile")
 
 

@@ -1,4 +1,4 @@
-"""Federated strategies (DESIGN section 7): FedQuad and the baselines, one small module each, on
+"""Federated strategies (docs/design.md, "Strategies"): FedQuad and the baselines, one small module each, on
 the shared protocol of `fedquad.strategies.base`. `get_strategy(name)` builds one by name."""
 
 from __future__ import annotations

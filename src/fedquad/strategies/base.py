@@ -1,9 +1,9 @@
-"""The protocol every strategy follows (DESIGN section 7), in the spirit of Flower's strategies.
+"""The protocol every strategy follows (docs/design.md, "Strategies"), in the spirit of Flower's strategies.
 
 A strategy decides, each round, what every selected device trains (`configure`), and how the
 returned updates are merged (`aggregate`); it may learn from what the clients measured
-(`observe`) and price its own assignments (`costs`). Defaults: per-key weighted mean (DESIGN
-section 6) and the cost model's memory and time for the plan. Each baseline overrides one or two
+(`observe`) and price its own assignments (`costs`). Defaults: per-key weighted mean
+(docs/design.md, "Aggregation") and the cost model's memory and time for the plan. Each baseline overrides one or two
 hooks. A strategy keeps its memory between rounds in a JSON-able dict (`init_state`), so the
 simulator and the Flower server can checkpoint it; strategies hold no other mutable state.
 
@@ -121,7 +121,7 @@ class Strategy:
 
     def aggregate(self, ctx: RoundContext, global_state: Mapping[str, Any], outcomes: Sequence[ClientOutcome],
                   state: dict):
-        """Per-key weighted mean over the clients that returned each key (DESIGN section 6), behind
+        """Per-key weighted mean over the clients that returned each key (docs/design.md, "Aggregation"), behind
         the guards of `fedquad.aggregation` (one update per device, bounded norms and weights)."""
         from fedquad.aggregation import aggregate_per_key  # torch lives there, not in planning
         ok = [o for o in outcomes if o.status == "ok"]

@@ -1,8 +1,9 @@
 """FedQuad (Li, Liu, Xu, Huang, arXiv 2506.01001): per-device LoRA depth and activation-quantized
-blocks chosen each round by the cost model and the greedy planner (DESIGN sections 2-5).
+blocks chosen each round by the cost model and the greedy planner (docs/design.md: "The client", "Cost model",
+"Planner").
 
 The paper's abstract fixes the idea; the planner's details (efficient sets, utility, coverage,
-EMA re-planning) are this project's design, see DESIGN.md section 5. `depth-only` and
+EMA re-planning) are this project's design, see docs/design.md, "Planner". `depth-only` and
 `quant-only` ablations are the same planner with part of the menu switched off.
 """
 
