@@ -9,16 +9,13 @@ import os
 import pytest
 import torch
 
+from _faults import Killed, kill_at
 from fedquad.errors import FedquadError
 from fedquad.sim import checkpoint as ckpt
 from fedquad.sim.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from fedquad.sim.round import RoundState
 
 STEPS = ["recover", "mkdir tmp", "adapter", "state", "rename old", "rename new", "remove old"]
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so no cleanup handler of the code under test runs."""
 
 
 def _state(round_index: int) -> RoundState:
@@ -30,13 +27,6 @@ def _state(round_index: int) -> RoundState:
 
 def _save(run_dir, round_index: int) -> None:
     save_checkpoint(str(run_dir), _state(round_index), {"rounds": 9}, [{"round": r} for r in range(round_index)])
-
-
-def _kill_at(monkeypatch, step: str) -> None:
-    def after(name):
-        if name == step:
-            raise Killed(name)
-    monkeypatch.setattr(ckpt, "_after_step", after)
 
 
 def test_write_sequence_is_the_one_tested():
@@ -56,7 +46,7 @@ def test_write_sequence_is_the_one_tested():
 @pytest.mark.parametrize("step", STEPS)
 def test_a_crash_after_any_step_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, step):
     _save(tmp_path, 1)
-    _kill_at(monkeypatch, step)
+    kill_at(monkeypatch, step)
     with pytest.raises(Killed):
         _save(tmp_path, 2)
     monkeypatch.setattr(ckpt, "_after_step", lambda name: None)
@@ -72,7 +62,7 @@ def test_a_crash_after_any_step_leaves_a_resumable_checkpoint(tmp_path, monkeypa
 
 @pytest.mark.parametrize("step", [s for s in STEPS if s != "rename old"])  # nothing to rename yet
 def test_a_crash_in_the_first_write_leaves_nothing_or_the_new_checkpoint(tmp_path, monkeypatch, step):
-    _kill_at(monkeypatch, step)
+    kill_at(monkeypatch, step)
     with pytest.raises(Killed):
         _save(tmp_path, 1)
     monkeypatch.setattr(ckpt, "_after_step", lambda name: None)
@@ -179,24 +169,13 @@ def _same_run(a, b) -> None:
     assert strip(ha) == strip(hb)
 
 
-def _kill_at_nth(monkeypatch, step: str, n: int) -> None:
-    seen = []
-
-    def after(name):
-        if name == step:
-            seen.append(name)
-            if len(seen) == n:
-                raise Killed(f"{name} #{n}")
-    monkeypatch.setattr(ckpt, "_after_step", after)
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("step", ["state", "rename old", "rename new"])
 def test_a_run_killed_in_its_second_checkpoint_resumes_to_the_same_result(tmp_path, monkeypatch, tiny_sets,
                                                                           straight, step):
     from fedquad.cli.main import main
     out = tmp_path / "run"
-    _kill_at_nth(monkeypatch, step, 2)
+    kill_at(monkeypatch, step, 2)
     with pytest.raises(Killed):
         main(["simulate", *tiny_sets(), "--out", str(out), "--quiet"])
     monkeypatch.setattr(ckpt, "_after_step", lambda name: None)
@@ -209,7 +188,7 @@ def test_a_run_killed_in_its_second_checkpoint_resumes_to_the_same_result(tmp_pa
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_round_0(tmp_path, monkeypatch, tiny_sets, straight):
     from fedquad.cli.main import main
     out = tmp_path / "run"
-    _kill_at_nth(monkeypatch, "adapter", 1)
+    kill_at(monkeypatch, "adapter", 1)
     with pytest.raises(Killed):
         main(["simulate", *tiny_sets(), "--out", str(out), "--quiet"])
     monkeypatch.setattr(ckpt, "_after_step", lambda name: None)

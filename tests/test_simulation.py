@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from _faults import Killed, kill_at
 from conftest import quick_profile
 
 from fedquad.cli.main import main
@@ -171,22 +172,6 @@ def test_data_file_without_label_column_is_refused(tmp_path, capsys):
     assert "label" in capsys.readouterr().err.lower()
 
 
-class _Killed(BaseException):
-    """Stands for SIGKILL: no `except Exception` cleanup of the code under test runs."""
-
-
-def _kill_at_nth(monkeypatch, step: str, n: int) -> None:
-    from fedquad.sim import checkpoint
-    seen = []
-
-    def after(name):
-        if name == step:
-            seen.append(name)
-            if len(seen) == n:
-                raise _Killed(name)
-    monkeypatch.setattr(checkpoint, "_after_step", after)
-
-
 def _results(out) -> dict:
     """A comparison's figures without the host timings (those differ run to run)."""
     report = json.loads((out / "comparison.json").read_text())
@@ -199,8 +184,8 @@ def test_compare_resumes_keeping_finished_runs(tiny_config, tmp_path, monkeypatc
     argv = ["compare", *sets, "--strategies", "fedquad,fedlora", "--target-accuracy", "0.5", "--quiet"]
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     out = tmp_path / "cmp"
-    _kill_at_nth(monkeypatch, "state", 3)  # fedquad's two rounds done, fedlora killed in its first checkpoint
-    with pytest.raises(_Killed):
+    kill_at(monkeypatch, "state", 3)  # fedquad's two rounds done, fedlora killed in its first checkpoint
+    with pytest.raises(Killed):
         main([*argv, "--out", str(out)])
     monkeypatch.undo()
     assert (out / "fedquad" / "history.json").is_file() and not (out / "comparison.json").exists()

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from fedquad.cli._common import add_model_args, load_from_args
 from fedquad.cli.main import non_negative_int, positive_int
-from fedquad.costmodel import save_profile_document
 from fedquad.errors import FedquadError
 
 
@@ -41,10 +39,9 @@ def check_writable_file(path: str) -> None:
         raise FedquadError(f"cannot write {path}: folder {out_dir} does not exist")
     if not os.path.isdir(out_dir):
         raise FedquadError(f"cannot write {path}: {out_dir} is a file, not a folder")
-    try:  # a real probe: permission bits say nothing to root, nor about read-only or /proc mounts
-        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".fedquad-probe-")
-        os.close(fd)
-        os.remove(probe)
+    from fedquad.sim.files import probe_writable
+    try:
+        probe_writable(out_dir)
     except OSError as exc:
         raise FedquadError(f"cannot write {path}: folder {out_dir}: {exc.strerror or exc}") from None
 
@@ -55,6 +52,7 @@ def run(args) -> int:
     from fedquad.client.saved_activations import QuantSettings
     from fedquad.diagnostics.memory import generated_batch, perturb_adapters
     from fedquad.diagnostics.profile import profile_model, profile_steps
+    from fedquad.sim.files import write_json_atomic
     from fedquad.sim.progress import StepProgress
 
     check_writable_file(args.out)  # before minutes of measuring, not after
@@ -70,7 +68,7 @@ def run(args) -> int:
         profile = profile_model(adapted, batch, quant=quant, repeats=args.repeats, warmup=args.warmup,
                                 seed=args.seed, statistic=args.statistic, progress=bar)
     try:
-        save_profile_document(args.out, profile)
+        write_json_atomic(args.out, profile)
     except OSError as exc:
         raise FedquadError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     saved = sum(b["saved_bytes"] for b in profile["blocks"])

@@ -7,9 +7,9 @@ from fedquad.costmodel.model import (CostModel, RoundTimeBreakdown, cost_model, 
                                      round_time_s, saved_bytes, step_time_s)
 from fedquad.costmodel.profile import (ADAMW_STATE_FACTOR, PROFILE_BITS, SCHEMA_VERSION, BlockProfile, HeadProfile,
                                        Profile, kept_ratio_of, list_profiles, load_profile, profile_document,
-                                       profile_from_dict, profile_to_dict, save_profile_document)
+                                       profile_from_dict, profile_to_dict)
 
 __all__ = ["ADAMW_STATE_FACTOR", "PROFILE_BITS", "SCHEMA_VERSION", "BlockProfile", "CostModel", "HeadProfile",
            "Profile", "RoundTimeBreakdown", "cost_model", "kept_ratio_of", "list_profiles", "load_profile",
            "memory_bytes", "profile_document", "profile_from_dict", "profile_to_dict", "round_time_breakdown",
-           "round_time_s", "save_profile_document", "saved_bytes", "step_time_s"]
+           "round_time_s", "saved_bytes", "step_time_s"]

@@ -245,20 +245,6 @@ def profile_document(profile: Profile, **info: Any) -> dict:
     return data
 
 
-def save_profile_document(path: str, document: dict) -> None:
-    """Write a profile document (from `profile_document`) to `path` atomically: a reader never sees
-    half a profile, and a failed write leaves no `.tmp` behind. Raises OSError."""
-    profile_from_dict(document, source=path)  # the one format, checked before it reaches the disk
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(document, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def kept_ratio_of(blocks) -> dict[int, float]:
     """Kept/raw bytes per bits over all blocks (the profile's information field `kept_ratio`)."""
     saved = sum(b.saved_bytes for b in blocks)

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 
 from fedquad.errors import FedquadError
 from fedquad.flower.settings import ServerSettings
-from fedquad.sim.checkpoint import write_json_atomic
+from fedquad.sim.files import write_json_atomic
 
 
 def log(text: str) -> None:

@@ -76,19 +76,6 @@ def honour_umask(folder: str) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def write_json_atomic(path: str, data) -> None:
-    """Write JSON to a temporary sibling and rename it: readers never see half a file."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def recover_checkpoint(run_dir: str) -> str | None:
     """Bring `run_dir`'s checkpoint folders back to one complete `checkpoint` (see the module doc);
     returns its path, or None when there is no complete checkpoint."""

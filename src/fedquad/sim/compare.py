@@ -9,7 +9,7 @@ import time
 from dataclasses import fields
 
 from fedquad.errors import FedquadError
-from fedquad.sim.checkpoint import write_json_atomic
+from fedquad.sim.files import write_json_atomic
 from fedquad.sim.config import SimConfig, from_dict
 from fedquad.sim.recorder import (PROFILE_FILE, RESUMABLE_SETTINGS, clear_run, pinned_profile, prepare_out_dir,
                                   refuse_leftover_profile, remove_created, run_markers)

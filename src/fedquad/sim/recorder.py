@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 
 from fedquad.errors import FedquadError
-from fedquad.sim.checkpoint import (CHECKPOINT_DIRS, Checkpoint, find_checkpoint, read_checkpoint, save_checkpoint,
-                                    write_json_atomic)
+from fedquad.sim.checkpoint import CHECKPOINT_DIRS, Checkpoint, find_checkpoint, read_checkpoint, save_checkpoint
+from fedquad.sim.files import probe_writable, write_json_atomic
 from fedquad.sim.config import SimConfig, from_dict
 from fedquad.sim.round import RoundState
 
@@ -73,10 +72,7 @@ def prepare_out_dir(path: str) -> list[str]:
         for folder in reversed(missing):
             os.mkdir(folder)
             created.append(folder)
-        # a real probe: permission bits say nothing to root, nor about read-only or /proc mounts
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".fedquad-probe-")
-        os.close(fd)
-        os.remove(probe)
+        probe_writable(path)
     except OSError as exc:
         remove_created(created)
         raise FedquadError(f"cannot write to folder {path}: {exc.strerror or exc}") from None

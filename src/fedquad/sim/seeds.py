@@ -19,7 +19,7 @@ import statistics
 import sys
 
 from fedquad.errors import FedquadError
-from fedquad.sim.checkpoint import write_json_atomic
+from fedquad.sim.files import write_json_atomic
 
 INF = math.inf
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedquad.costmodel import Profile, load_profile, profile_from_dict, save_profile_document
+from fedquad.costmodel import Profile, load_profile, profile_from_dict
 from fedquad.datasets import DataSettings, PartitionConfig, load_task_data, partition
 from fedquad.devices import Device, Scenario, draw_devices, load_scenario
 from fedquad.errors import FedquadError
+from fedquad.sim.files import write_json_atomic
 from fedquad.sim.config import SimConfig
 from fedquad.tasks import task_kind
 
@@ -87,7 +88,7 @@ def resolve_profile(config: SimConfig, adapted, out_dir: str | None, *, repeats:
                              warmup=warmup, progress=bar)
     adapted.load_adapter_state(state)
     if cached:
-        save_profile_document(cached, data)
+        write_json_atomic(cached, data)  # profile_model's document is validated by the format owner
     return profile_from_dict(data, "measured profile")
 
 
