@@ -23,7 +23,8 @@ test: $(STAMP)
 test-all: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m ''
 
-# A SuperLink and three SuperNodes on loopback run three Flower rounds (docs/deployment.md).
+# A SuperLink and three SuperNodes on loopback, each with its own CSV and worker, run three Flower rounds and
+# print each node's time split per round (docs/deployment.md; --json: a JSON summary).
 .PHONY: deploy-smoke
 deploy-smoke: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/deploy_smoke.py

@@ -31,7 +31,7 @@ from fedquad.costmodel import cost_model, profile_from_dict  # noqa: E402
 from fedquad.diagnostics.memory import generated_batch, perturb_adapters, sweep  # noqa: E402
 from fedquad.diagnostics.profile import measure_plans, profile_model  # noqa: E402
 from fedquad.models import load_model  # noqa: E402
-from fedquad.plan import ClientPlan  # noqa: E402
+from fedquad.plan import DEFAULT_GROUP_SIZE, ClientPlan  # noqa: E402
 
 BYTES_GOAL, TIME_GOAL = 0.05, 0.25
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--group-size", type=int, default=128, help="as `fedquad profile`'s default")
+    ap.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="as `fedquad profile`'s default")
     ap.add_argument("--repeats", type=int, default=5, help="timed steps per plan in the check (median)")
     ap.add_argument("--profile-repeats", type=int, default=7, help="timed steps per plan in the profile")
     ap.add_argument("--statistic", default="median", choices=["median", "min"],

@@ -19,7 +19,9 @@ square-root grid for non-negative tensors):
   tensors only (non-negative ones keep the sqrt grid, which a rotation would destroy);
 * the k channels of largest magnitude kept at int8 (per-channel groups) and zeroed in the int4 part;
 * keeping one kind of tensor unquantized ("signed-4d" = q/k/v in head layout, "nonneg-4d" =
-  attention probabilities and their dropout masks, "signed" / "nonneg" = everything else).
+  attention probabilities and their dropout masks, "signed" / "nonneg" = everything else);
+* two-valued tensors (CPU dropout masks) as one bit per element, and the n-th saved storage of
+  every block at int8 (MiniLM's 18th is the GELU input): the two rules the library now ships.
 
 Study candidates run a plain-PyTorch quantizer written here (so that any axis or storage can be
 tried); candidates named "library ..." run the package's own hooks (`QuantSettings`) unchanged,
@@ -51,29 +53,9 @@ from fedquad.client.saved_activations import QuantSettings, SavedTensorPolicy, _
 from fedquad.diagnostics.memory import generated_batch, perturb_adapters, probe_memory, reference_step  # noqa: E402
 from fedquad.models import load_model  # noqa: E402
 from fedquad.plan import ClientPlan  # noqa: E402
-from fedquad.quant.rotation import can_rotate, rotate  # noqa: E402
+from _int4_schemes import Scheme, _matches, kind_of, study_roundtrip  # noqa: E402
 
 MODELS = [("minilm", "seq-cls"), ("tiny-llama", "causal-lm")]
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """One study candidate (plain PyTorch quantizer below)."""
-    group_size: int = 64
-    params: str = "float32"  # storage of each group's scale and minimum: float32, float16 or bfloat16
-    axis: str = "token"  # "token" or "channel"
-    rotate: bool = False  # Hadamard rotation of each group (signed tensors)
-    rotate_dc: bool = False  # with the rotation: store each group's DC coefficient apart (float16)
-    rotate_auto: bool = False  # with the rotation: per group, rotate only where it narrows the range (1 bit/group)
-    rotate_block: int = 0  # rotation block (0 = the group size); smaller blocks cost less
-    rotate_kinds: tuple[str, ...] = ()  # if set, rotate only these kinds
-    outliers: int = 0  # channels kept at int8
-    sqrt: bool = True  # sqrt grid for non-negative tensors
-    keep_stats: bool = False  # keep per-token statistics (last dimension 1: LayerNorm mean / rstd)
-    keep: tuple[str, ...] = ()  # tensor kinds kept unquantized (prefixes of `kind_of`)
-    only: tuple[str, ...] = ()  # if set, quantize only these kinds (a sensitivity probe)
-    int8: tuple[str, ...] = ()  # kinds quantized at 8 bits instead (mixed precision)
-    position: int = -1  # if >= 0, quantize only the block's n-th distinct saved tensor (--per-tensor)
 
 
 @dataclass(frozen=True)
@@ -85,11 +67,13 @@ class Candidate:
 
 F32, F16, BF16 = "float32", "float16", "bfloat16"
 AUTO = dict(rotate=True, rotate_auto=True)
+HEAD8 = ("signed-32", "signed-4d-16")  # the head width of MiniLM (32) and of the tiny LLaMA (16)
+OLD = dict(activation_bits=4, two_valued=False)  # library rows from before these two rules
 CANDIDATES = [
     Candidate("library g64 (old default)", quant=QuantSettings(bits=4, group_size=64, rotation="off",
-                                                               scale_dtype="float32", head_bits=4)),
+                                                               scale_dtype="float32", head_bits=4, **OLD)),
     Candidate("library g128 (old CLI default)", quant=QuantSettings(bits=4, group_size=128, rotation="off",
-                                                                    scale_dtype="float32", head_bits=4)),
+                                                                    scale_dtype="float32", head_bits=4, **OLD)),
     Candidate("g64 fp32", Scheme(64)),
     Candidate("g64 fp16", Scheme(64, F16)),
     Candidate("g64 bf16", Scheme(64, BF16)),
@@ -122,117 +106,24 @@ CANDIDATES = [
     Candidate("g64 bf16, head-dim @ int8, no rotation (study)", Scheme(64, BF16, int8=("signed-32", "signed-4d-16"))),
     Candidate("g64 bf16 rotated per group, all 4-d @ int8", Scheme(64, BF16, **AUTO, int8=("signed-4d", "nonneg-4d"))),
     Candidate("library g64, bf16 scales, head width @ int8, no rotation",
-              quant=QuantSettings(bits=4, group_size=64, rotation="off")),
-    Candidate("library default (g64, bf16 scales, head width @ int8, rotation)", quant=QuantSettings(bits=4)),
+              quant=QuantSettings(bits=4, group_size=64, rotation="off", **OLD)),
+    Candidate("library, previous rules (g64, bf16 scales, head width @ int8, rotation)",
+              quant=QuantSettings(bits=4, **OLD)),
+    Candidate("library default (previous + activation input @ int8, two-valued as bits)", quant=QuantSettings(bits=4)),
     Candidate("library default at g32", quant=QuantSettings(bits=4, group_size=32)),
+    Candidate("library default at g128", quant=QuantSettings(bits=4, group_size=128)),
+    # after storage-exact dedup (issue 10): two-valued tensors (CPU dropout masks) at one bit each
+    Candidate("g64 bf16 rotated per group, head-dim @ int8, two-valued as bits (study)",
+              Scheme(64, BF16, **AUTO, int8=HEAD8, two_valued_bits=True)),
+    Candidate("g64 bf16 rotated per group, head-dim @ int8, two-valued as bits, MiniLM GELU input @ int8 (study)",
+              Scheme(64, BF16, **AUTO, int8=HEAD8, two_valued_bits=True, int8_positions=(18,))),
+    Candidate("g32 bf16 rotated per group, head-dim @ int8, two-valued as bits (study)",
+              Scheme(32, BF16, **AUTO, int8=HEAD8, two_valued_bits=True)),
 ]
 
 
-# ---- the study quantizer ---------------------------------------------------------------------
-
-def _fp16_params(lo: torch.Tensor, scale: torch.Tensor):
-    """Round the minimum down and the scale up to float16, so every code stays within [0, qmax]."""
-    lo16, s16 = lo.half(), scale.half()
-    lo16 = torch.where(lo16.float() > lo, torch.nextafter(lo16, lo16.new_tensor(-float("inf"))), lo16)
-    s16 = torch.where(s16.float() < scale, torch.nextafter(s16, s16.new_tensor(float("inf"))), s16)
-    return lo16.float(), s16.float()
-
-
-def _quant_rows(x: torch.Tensor, bits: int, g: int, params: str):
-    """Flat per-group min/max quantize + dequantize; returns (float32 values, bytes kept).
-
-    params: "float32"; "float16" (minimum rounded down and scale up to float16 before the codes are
-    computed, float32 where float16 cannot hold them); "bfloat16" (codes from the float32 values, then
-    scale and minimum stored rounded to nearest bfloat16: what a hook can do after any quantizer)."""
-    flat = x.reshape(-1).float()
-    n = flat.numel()
-    groups = -(-n // g)
-    if groups * g > n:
-        flat = torch.cat([flat, flat[-1:].expand(groups * g - n)])
-    grid = flat.view(groups, g)
-    lo, hi = grid.amin(1), grid.amax(1)
-    qmax = (1 << bits) - 1
-    scale = (hi - lo) / qmax
-    pb = 4 if params == "float32" else 2
-    if params == "float16":
-        lo2, s2 = _fp16_params(lo, scale)
-        # float16 cannot hold it (overflow or a scale in the subnormal range): keep float32 params
-        ok = bool(torch.isfinite(lo2).all() and torch.isfinite(s2).all() and (s2[scale > 0] >= 2 ** -14).all())
-        if ok:
-            lo, scale = lo2, s2
-        else:
-            pb = 4
-    inv = torch.where(scale > 0, 1 / scale, torch.zeros_like(scale))
-    codes = ((grid - lo[:, None]) * inv[:, None]).round().clamp(0, qmax)
-    if params == "bfloat16":
-        lo, scale = lo.bfloat16().float(), scale.bfloat16().float()
-    out = (codes * scale[:, None] + lo[:, None]).reshape(-1)[:n]
-    return out.view(x.shape), -(-n * bits // 8) + 2 * pb * groups
-
-
-def kind_of(t: torch.Tensor, nonneg: bool) -> str:
-    """"signed-4d-32": sign, "4d" for head-layout tensors, then the last dimension."""
-    return ("nonneg" if nonneg else "signed") + ("-4d" if t.dim() == 4 else "") + f"-{t.shape[-1]}"
-
-
-def _matches(kind: str, patterns: tuple[str, ...]) -> bool:
-    return any(kind == p or kind.startswith(p + "-") for p in patterns)
-
-
-def study_roundtrip(x: torch.Tensor, s: Scheme, bits: int = 4, kind: str = ""):
-    """(dequantized tensor, kept bytes) of one saved activation under scheme ``s``."""
-    x32 = x.float()
-    nonneg = bool(x32.min() >= 0)
-    if s.sqrt and nonneg:
-        y, nbytes = _quant_rows(x32.sqrt(), bits, s.group_size, s.params)
-        return y.square().to(x.dtype), nbytes
-    shape, C = x32.shape, x32.shape[-1]
-    work = x32.reshape(-1, C)  # [N, C]
-    extra, cols = 0, None
-    if s.outliers and C > s.outliers:
-        cols = work.abs().amax(0).topk(s.outliers).indices  # [k]
-        kept_cols, nb = _quant_rows(work[:, cols].t().contiguous(), 8, s.group_size, s.params)
-        extra += nb + 8 * s.outliers
-        work = work.clone()
-        work[:, cols] = 0
-    if s.axis == "channel":
-        work = work.t().contiguous()  # [C, N]: groups run along the tokens of one channel
-    rb = s.rotate_block or s.group_size
-    rotated = s.rotate and can_rotate(work.numel(), rb) and (not s.rotate_kinds or _matches(kind, s.rotate_kinds))
-    if rotated:
-        plain = work
-        work = rotate(work, rb)
-        if s.rotate_auto:
-            pr, rr = plain.reshape(-1, rb), work.reshape(-1, rb)
-            flag = (rr.amax(1) - rr.amin(1)) < (pr.amax(1) - pr.amin(1))  # [G]
-            work = torch.where(flag[:, None], rr, pr).view(plain.shape)
-            extra += -(-flag.numel() // 8)
-        if s.rotate_dc:  # the group mean becomes one large coefficient; keep it apart at float16
-            rows = work.reshape(-1, s.group_size)
-            dc = rows[:, 0].half().float()
-            rows[:, 0] = 0
-            extra += 2 * dc.numel()
-    y, nbytes = _quant_rows(work, bits, s.group_size, s.params)
-    if rotated:
-        if s.rotate_dc:
-            y = y.clone()
-            y.reshape(-1, s.group_size)[:, 0] = dc
-        if s.rotate_auto:
-            back = rotate(y, rb).reshape(-1, rb)
-            y = torch.where(flag[:, None], back, y.reshape(-1, rb)).view(y.shape)
-        else:
-            y = rotate(y, rb)
-    if s.axis == "channel":
-        y = y.t()
-    y = y.reshape(-1, C)
-    if cols is not None:
-        y = y.clone()
-        y[:, cols] = kept_cols.t()
-    return y.reshape(shape).to(x.dtype), nbytes + extra
-
-
 class _Held:
-    __slots__ = ("value",)
+    __slots__ = ("value", "__weakref__")  # weak-referencable: the policy's storage dedup keeps weak references
 
     def __init__(self, value):
         self.value = value
@@ -262,26 +153,24 @@ class StudyPolicy(SavedTensorPolicy):
         finally:
             StudyPolicy.hook_s += time.perf_counter() - start
 
-    def _pack_new(self, t):
+    def _pack_new(self, t, entry, storage_nbytes):
         s = StudyPolicy.scheme
-        if s is None or self.quant is None or self._skip_reason(t) is not None:
-            return super()._pack_new(t)
-        raw = t.numel() * t.element_size()
+        if s is None or self.quant is None or self._skip_reason(t, storage_nbytes) is not None:
+            return super()._pack_new(t, entry, storage_nbytes)
         lo, hi = (float(v) for v in torch.aminmax(t.detach()))
         limit = _huge_limit(t.dtype)
         if not (abs(lo) < limit and abs(hi) < limit):
-            return super()._pack_new(t)
+            return super()._pack_new(t, entry, storage_nbytes)
         kind = kind_of(t, lo >= 0)
         b = self.bytes
-        position = b.tensors
+        position = b.tensors - 1  # the policy counted this storage already: n-th distinct storage
         StudyPolicy.shapes.setdefault(position, (kind, tuple(t.shape)))
-        b.raw_bytes += raw
-        b.tensors += 1
         if s.keep_stats and t.shape[-1] == 1:
-            return self._keep(t, raw, "per-token statistic")
+            return self._keep(t, entry, storage_nbytes, "per-token statistic")
         if _matches(kind, s.keep) or (s.only and not _matches(kind, s.only)) or (0 <= s.position != position):
-            return self._keep(t, raw, "kind " + kind)
-        value, nbytes = study_roundtrip(t.detach(), s, 8 if _matches(kind, s.int8) else self.quant.bits, kind)
+            return self._keep(t, entry, storage_nbytes, "kind " + kind)
+        bits = 8 if _matches(kind, s.int8) or position in s.int8_positions else self.quant.bits
+        value, nbytes = study_roundtrip(t.detach(), s, bits, kind)
         b.kept_bytes += nbytes  # the study keeps the dequantized value; it charges what a store would hold
         b.quantized_tensors += 1
         return _Held(value)
@@ -351,13 +240,15 @@ def step_times(repeats: int, batch_size: int, seq_len: int, model: str = "minilm
     adapted.model.train()
     L = adapted.num_blocks
     batch = generated_batch(adapted, batch_size, seq_len)
-    old4 = QuantSettings(bits=4, rotation="off", scale_dtype="float32", head_bits=4)
+    old4 = QuantSettings(bits=4, rotation="off", scale_dtype="float32", head_bits=4, activation_bits=4, two_valued=False)
     configs = {"none": (ClientPlan(L), QuantSettings()),
                "int8 (default)": (ClientPlan(L, L, 8), QuantSettings(bits=8)),
                "int4 old default (fp32 scales)": (ClientPlan(L, L, 4), old4),
                "int4 + bf16 scales": (ClientPlan(L, L, 4), replace(old4, scale_dtype="auto")),
-               "int4 + bf16 + head width @ int8": (ClientPlan(L, L, 4), QuantSettings(bits=4, rotation="off")),
-               "int4 new default (+ rotation)": (ClientPlan(L, L, 4), QuantSettings(bits=4))}
+               "int4 + bf16 + head width @ int8": (ClientPlan(L, L, 4), replace(old4, scale_dtype="auto", head_bits=8)),
+               "int4 + rotation (previous default)": (ClientPlan(L, L, 4),
+                                                      QuantSettings(bits=4, activation_bits=4, two_valued=False)),
+               "int4 default (+ activation input @ int8, two-valued as bits)": (ClientPlan(L, L, 4), QuantSettings(bits=4))}
     for bits in (8, 4):
         warm_up("auto", bits, 64)
     steps, hooks = {n: [] for n in configs}, {n: [] for n in configs}

@@ -45,7 +45,7 @@ from fedquad.costmodel.llm_estimate import (SHAPES, DecoderShape, deepest_feasib
                                             gib)
 from fedquad.diagnostics.memory import generated_batch, perturb_adapters  # noqa: E402
 from fedquad.models import load_model  # noqa: E402
-from fedquad.plan import ClientPlan  # noqa: E402
+from fedquad.plan import DEFAULT_GROUP_SIZE, ClientPlan  # noqa: E402
 
 GOAL = 0.05
 BUDGETS_GIB = (8, 16, 32, 64)
@@ -254,7 +254,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--group-size", type=int, default=128, help="quantization group size (the CLI default)")
+    ap.add_argument("--group-size", type=int, default=DEFAULT_GROUP_SIZE, help="quantization group size (the CLI default)")
     ap.add_argument("--profile", default=None, help="a `fedquad profile` JSON to predict from instead")
     ap.add_argument("--doc", default=None, help="markdown file under docs/ (default: llm_memory.md for llama-1b)")
     ap.add_argument("--json", default=None, help="also write the numbers as JSON here")

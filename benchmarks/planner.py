@@ -4,11 +4,14 @@
 
 Devices follow the jetson-mixed class mix, scaled to N, in round 1 (power modes, background load
 and free-memory drops applied). The profile is synthetic: MiniLM's measured per-block byte
-counts and smooth times, stretched to 32 blocks. Each repeat plans with a fresh profile object,
+counts and smooth times, stretched to 32 blocks, with its measured recompute bytes (what a
+checkpointed block stores: its input). Each repeat plans with a fresh profile object,
 so building the plan menu and the efficient sets is part of the time (the cold, first-round
 cost). A second table runs a deliberately bad case for the greedy: near-identical devices with
 big budgets, where the straggler walk cannot stop early. The last line printed is
-`10000 devices x 32 blocks: <seconds> s`, the goal (docs/design.md, "Planner") being < 1 s.
+`10000 devices x 32 blocks: <seconds> s` (the default menu, recompute included), the goal
+(docs/design.md, "Planner") being < 1 s; the jetson-mixed mix is also timed without recompute in
+the menu (PlannerConfig.allow_recompute=False).
 """
 
 from __future__ import annotations
@@ -25,16 +28,21 @@ import time
 
 from fedquad.costmodel import BlockProfile, HeadProfile, Profile, profile_document, profile_from_dict
 from fedquad.devices import Device, devices_at_round, draw_devices, load_scenario
-from fedquad.planner import plan_round
+from fedquad.planner import PlannerConfig, plan_round
 
 SIZES = (100, 1_000, 10_000)
 NUM_BLOCKS = 32
+# MiniLM at batch 16 x 64, group 128: what a checkpointed block stores (measured by `fedquad memory
+# --recompute-layers 6`, the numbers in the shipped profile minilm-b16-s64)
+INPUT_BYTES = 1_576_960
+INPUT_KEPT_BYTES = {8: 421_888, 4: 229_376}
 
 
 def profile_dict(num_blocks: int = NUM_BLOCKS) -> dict:
     blocks = tuple(BlockProfile(index=i, saved_bytes=41_107_456, kept_bytes={8: 11_063_552, 4: 5_949_696},
                                 adapter_bytes=221_184, forward_s=0.045, backward_s=0.02 + 0.001 * (i % 5),
-                                quant_s={8: 0.01, 4: 0.012}) for i in range(num_blocks))
+                                quant_s={8: 0.01, 4: 0.012}, input_bytes=INPUT_BYTES,
+                                input_kept_bytes=dict(INPUT_KEPT_BYTES)) for i in range(num_blocks))
     return profile_document(Profile(
         model="minilm-stretched", family="bert", num_blocks=num_blocks, batch_size=16, seq_len=64, dtype="float32",
         device="cpu", group_size=128, machine_gflops=200.0, frozen_weight_bytes=90_855_944 * num_blocks // 6,
@@ -58,13 +66,13 @@ def similar_devices(n: int, profile) -> list[Device]:
     return [Device(f"d{i}", "bench", 10**12, rng.uniform(0.99, 1.01), 1e9, 1e9, 10) for i in range(n)]
 
 
-def time_planning(make_devices, n: int, repeats: int) -> tuple[float, object]:
+def time_planning(make_devices, n: int, repeats: int, config: PlannerConfig = PlannerConfig()) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
         profile = profile_from_dict(profile_dict())  # fresh object: menu and efficient sets rebuilt
         devices = make_devices(n, profile)
         start = time.perf_counter()
-        result = plan_round(devices, profile)
+        result = plan_round(devices, profile, config)
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
@@ -80,10 +88,15 @@ def main(argv=None) -> int:
         for n in SIZES:
             seconds, result = time_planning(make, n, args.repeats)
             rows[label, n] = (seconds, result)
-    lines = ["| devices | workload | median s | participants | greedy moves | method |",
-             "|---:|---|---:|---:|---:|---|"]
+    for n in SIZES:
+        rows["jetson-mixed mix, no recompute in the menu", n] = time_planning(
+            mixed_devices, n, args.repeats, PlannerConfig(allow_recompute=False))
+    lines = ["| devices | workload | median s | participants | greedy moves | recomputing | method |",
+             "|---:|---|---:|---:|---:|---:|---|"]
     for (label, n), (seconds, r) in rows.items():
-        lines.append(f"| {n:,} | {label} | {seconds:.4f} | {len(r.participants):,} | {r.greedy_steps:,} | {r.method} |")
+        recomputing = sum(1 for d in r.decisions if d.plan is not None and d.plan.recompute_layers)
+        lines.append(f"| {n:,} | {label} | {seconds:.4f} | {len(r.participants):,} | {r.greedy_steps:,} | "
+                     f"{recomputing:,} | {r.method} |")
     summary = [f"{n} devices x {NUM_BLOCKS} blocks: {rows['jetson-mixed mix', n][0]:.4f} s" for n in SIZES]
     report = "\n".join([
         "# Planner benchmark", "",

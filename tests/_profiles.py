@@ -5,6 +5,8 @@ serialised by the format's owner (fedquad.costmodel.profile), so it is always th
 version; scalars apply to every block, lists give per-block values. The defaults resemble MiniLM (6 blocks)
 at batch 16 x 64. The lowest-trainable-block bytes equal the ordinary ones unless
 `lowest_saving` (bytes saved by the lowest block, raw; kept scales with the kept ratio) is given.
+With `input_bytes_per_block` the blocks also carry recompute bytes (what a checkpointed block
+stores; quantized, that times the kept ratio), else the profile has none (supports_recompute False).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 
 from fedquad.costmodel.profile import BlockProfile, HeadProfile, Profile, profile_document
+from fedquad.plan import DEFAULT_GROUP_SIZE
 
 
 def _per_block(value, i):
@@ -24,22 +27,24 @@ def synthetic_profile(num_blocks: int = 6, saved_bytes_per_block=9_000_000, kept
                       backward_s=0.008, quant_s_8=0.001, quant_s_4=0.0012, frozen_weight_bytes: int = 90_000_000,
                       head_adapter_bytes: int = 1_536, workspace_bytes: int = 5_000_000,
                       machine_gflops: float = 85.3, head_saved_bytes: int = 20_000, model: str = "synthetic",
-                      optimizer_factor: float = 3.0, lowest_saving=0) -> dict:
+                      optimizer_factor: float = 3.0, lowest_saving=0, input_bytes_per_block=None) -> dict:
     blocks = []
     for i in range(num_blocks):
         saved = _per_block(saved_bytes_per_block, i)
         low = saved - _per_block(lowest_saving, i)
         r8, r4 = _per_block(kept_ratio_8, i), _per_block(kept_ratio_4, i)
+        inp = None if input_bytes_per_block is None else _per_block(input_bytes_per_block, i)
         blocks.append(BlockProfile(
             index=i, saved_bytes=saved, kept_bytes={8: int(saved * r8), 4: int(saved * r4)},
             saved_bytes_lowest=low, kept_bytes_lowest={8: int(low * r8), 4: int(low * r4)},
             adapter_bytes=_per_block(adapter_bytes_per_block, i),
             forward_s=_per_block(forward_s, i), backward_s=_per_block(backward_s, i),
-            quant_s={8: _per_block(quant_s_8, i), 4: _per_block(quant_s_4, i)}))
+            quant_s={8: _per_block(quant_s_8, i), 4: _per_block(quant_s_4, i)},
+            input_bytes=inp, input_kept_bytes=None if inp is None else {8: int(inp * r8), 4: int(inp * r4)}))
     adapter = sum(b.adapter_bytes for b in blocks) + head_adapter_bytes
     return profile_document(Profile(
         model=model, family="bert", num_blocks=num_blocks, batch_size=16, seq_len=64, dtype="float32",
-        device="cpu", group_size=128, machine_gflops=machine_gflops, frozen_weight_bytes=frozen_weight_bytes,
+        device="cpu", group_size=DEFAULT_GROUP_SIZE, machine_gflops=machine_gflops, frozen_weight_bytes=frozen_weight_bytes,
         adapter_bytes=adapter, head_adapter_bytes=head_adapter_bytes,
         optimizer_bytes_per_trainable_byte=optimizer_factor, workspace_bytes=workspace_bytes,
         embedding_forward_s=0.001, head=HeadProfile(saved_bytes=head_saved_bytes, forward_s=0.0002, backward_s=0.0003),

@@ -235,6 +235,20 @@ class LocalFederation:
             argv += ["--max-wait-time", str(max_wait_s)]
         return self._spawn(f"supernode-{name}", argv)
 
+    def start_worker(self, name: str, socket_path: str | os.PathLike, wait_s: float = 120.0) -> Proc:
+        """A node's long-lived worker (`python -m fedquad.flower.worker`), ready when its socket is."""
+        socket_path = Path(socket_path)
+        proc = self._spawn(f"worker-{name}", [sys.executable, "-m", "fedquad.flower.worker", "--socket",
+                                               str(socket_path)])
+        deadline = time.monotonic() + wait_s
+        while not (socket_path.exists() and Path(str(socket_path) + ".key").exists()):
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.name} made no socket within {wait_s:.0f} s:\n{proc.log_tail()}")
+            time.sleep(0.2)
+        return proc
+
     # -- the flwr CLI ----------------------------------------------------------------------------
     def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([self._exe("flwr"), *args], env=self.env, cwd=self.workdir, capture_output=True,

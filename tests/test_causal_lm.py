@@ -222,7 +222,9 @@ def test_trains_under_every_plan_on_prompt_masked_batches(tiny_llama):
     batch = fixed_batch(2, 16)
     assert batch["input_ids"].shape == (2, 16) and bool((batch["labels"] == IGNORE_INDEX).any())
     full_kept = train_every_plan(tiny_llama, batch, quantizer="reference")
-    assert full_kept[4] < 0.7 * full_kept[8]
+    # int4 blocks keep head-width tensors and the activation input at int8 (QuantSettings defaults),
+    # so on a hidden-64 model int4 keeps ~0.74x of int8, not half
+    assert full_kept[4] < 0.8 * full_kept[8]
 
 
 def _worst_lora_cosine(adapted, batch) -> tuple[str, float]:

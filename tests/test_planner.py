@@ -32,7 +32,9 @@ def profiles(draw, max_blocks=6):
         kept_ratio_4=draw(floats(1.0)), adapter_bytes_per_block=draw(ints(500)), forward_s=draw(floats(1.0)),
         backward_s=draw(floats(2.0)), quant_s_8=draw(floats(0.5)), quant_s_4=draw(floats(0.5)),
         frozen_weight_bytes=draw(st.integers(0, 20_000)), workspace_bytes=draw(st.integers(0, 2_000)),
-        head_adapter_bytes=draw(st.integers(0, 100)), head_saved_bytes=draw(st.integers(0, 500)))
+        head_adapter_bytes=draw(st.integers(0, 100)), head_saved_bytes=draw(st.integers(0, 500)),
+        # recompute bytes on most profiles (the menu then offers recompute plans), none on some
+        input_bytes_per_block=draw(st.one_of(st.none(), ints(3_000), ints(3_000), ints(3_000))))
     return profile_from_dict(data)
 
 
@@ -51,10 +53,12 @@ def scenes(draw, max_devices=8):
 
 
 def efficient_plan(profile, budget, depth, config=PlannerConfig()):
-    """Brute force: least-time feasible plan of a depth (ties: fewer quantized blocks, wider bits)."""
+    """Brute force: least-time feasible plan of a depth (ties: fewer quantized blocks, wider bits,
+    fewer recomputed blocks)."""
     cm = cost_model(profile)
     cands = [p for p in feasible_plans(profile, budget, config) if p.depth == depth]
-    return min(cands, key=lambda p: (cm.step_time_s(p), p.quant_layers, -p.bits)) if cands else None
+    return min(cands, key=lambda p: (cm.step_time_s(p), p.quant_layers, -p.bits if p.quant_layers else -8,
+                                     p.recompute_layers)) if cands else None
 
 
 def max_depth(profile, budget, config=PlannerConfig()):

@@ -37,6 +37,21 @@ def test_every_strategy_has_its_own_fixed_colour():
                                                               "fedquad": colours["fedquad"]}
     mine = plots.strategy_colours(["fedquad", "my-own", "other"])
     assert mine["my-own"] != mine["other"] and mine["my-own"] not in colours.values()
+    # an unknown name keeps its colour whatever is plotted beside it (hashed, not order of use)
+    assert plots.strategy_colours(["other"])["other"] == mine["other"] == plots.strategy_colour("other")
+    assert plots.strategy_colours(["zzz", "other", "my-own"])["my-own"] == mine["my-own"]
+
+
+def test_names_of_other_issues_have_fixed_colours_of_their_own():
+    named = ["fedquad", "fedlora", "fedlora-uniform", "hetlora", "fedra", "depth-only", "quant-only",
+             "fedquad-paper", "fedlora-ckpt"]
+    fixed = {n: plots.STRATEGY_COLOURS[n] for n in named}
+    assert len(set(fixed.values())) == len(named)
+    names = list(dict.fromkeys([*STRATEGIES, *named]))
+    assert len(set(plots.strategy_colours(names).values())) == len(names)  # registered later: still distinct
+    # depth-only is the same in a 4-strategy and in a 9-strategy figure
+    small = plots.strategy_colours(["fedquad", "quant-only", "depth-only", "fedlora"])
+    assert small["depth-only"] == plots.strategy_colours(names)["depth-only"] == fixed["depth-only"]
 
 
 def test_memory_plot_has_one_figure_legend_with_every_category_even_without_oom():
@@ -50,7 +65,8 @@ def test_memory_plot_has_one_figure_legend_with_every_category_even_without_oom(
 
 
 def test_memory_plot_of_seven_strategies_is_a_grid_not_a_strip(tmp_path):
-    histories = {name: _history(trained=4, oom=i % 2) for i, name in enumerate(STRATEGIES)}
+    seven = ["fedquad", "fedlora", "fedlora-uniform", "hetlora", "fedra", "depth-only", "quant-only"]
+    histories = {name: _history(trained=4, oom=i % 2) for i, name in enumerate(seven)}
     fig = plots.memory_figure(histories)
     try:
         visible = [ax for ax in fig.axes if ax.get_visible()]
@@ -97,8 +113,31 @@ def test_accuracy_plot_uses_the_strategy_colours_and_names_every_run():
 @pytest.fixture
 def seed_summary():
     return {"target_accuracy": 0.7, "seeds": [0, 1],
-            "strategies": {"fedquad": {"time_to_target_s": {"0": 10.0, "1": None}, "median_time_to_target_s": None},
+            "strategies": {"fedquad": {"time_to_target_s": {"0": 10.0, "1": None}, "median_time_to_target_s": None,
+                                       "first_touch_s": {"0": 6.0, "1": 12.0},
+                                       "median_time_to_target_ci95": [10.0, float("inf")]},
                            "fedlora": {"time_to_target_s": {"0": 20.0, "1": 30.0}, "median_time_to_target_s": 25.0}}}
+
+
+def test_accuracy_over_seeds_draws_each_seed_and_a_band_in_the_strategy_colour(tmp_path):
+    histories = {"fedquad": {0: _history(3, 0, 0.7), 1: _history(3, 0, 0.9)}, "my-own": {0: _history(2, 1, 0.6)},
+                 "fedlora": {}}
+    fig = plots.accuracy_over_seeds_figure(histories, target=0.65)
+    try:
+        ax = fig.axes[0]
+        assert ax.get_title() == "fedquad (2 seeds)"
+        lines = ax.get_lines()  # two seeds, the median, the target
+        assert len(lines) == 4
+        assert {mcolors.to_hex(line.get_color()) for line in lines[:3]} == {plots.STRATEGY_COLOURS["fedquad"]}
+        assert list(lines[2].get_ydata()) == [50.0, 80.0]  # at 0 s and 4 s (the evaluations): median of 70 and 90
+        assert len(ax.collections) == 1  # the band
+        assert mcolors.to_hex(fig.axes[1].get_lines()[0].get_color()) == plots.strategy_colour("my-own")
+        assert len(fig.legends) == 1
+    finally:
+        plots.plt.close(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.plot_accuracy_over_seeds(histories, str(tmp_path / "band.png"), 0.65)
 
 
 def test_time_to_target_plot_has_a_colour_key(seed_summary, tmp_path):

@@ -20,7 +20,7 @@ from fedquad.client.saved_activations import QuantSettings
 from fedquad.costmodel import SCHEMA_VERSION, cost_model, load_profile, profile_from_dict
 from fedquad.costmodel.fit import fit_step_times, nnls
 from fedquad.diagnostics.memory import generated_batch, sweep
-from fedquad.diagnostics.profile import profile_model, profile_plans, profile_steps
+from fedquad.diagnostics.profile import profile_model, profile_plans, profile_steps, recompute_profile_plans
 from fedquad.plan import ClientPlan
 
 QUANT = QuantSettings(group_size=64)
@@ -80,7 +80,7 @@ def test_fit_recovers_per_block_times_and_never_goes_negative():
 def test_profile_plans_cover_every_block():
     plans = profile_plans(6)
     assert len(plans) == len(set(plans)) == 7 + 2 * (6 + 5)
-    assert profile_steps(6, 7, 1) == len(plans) * 8
+    assert profile_steps(6, 7, 1) == (len(plans) + len(recompute_profile_plans(6))) * 8
 
 
 # -- profile of a real model vs measurement --------------------------------------------------
@@ -117,7 +117,7 @@ def _check(rows, exact: bool):
 def tiny_profile():
     adapted = cached_model("tiny-llama", "causal-lm")
     batch = generated_batch(adapted, 2, 16)
-    data = profile_model(adapted, batch, quant=QUANT, repeats=2, warmup=1)
+    data = profile_model(adapted, batch, quant=QUANT, repeats=2, warmup=1, step_peaks=False)  # peaks: below
     return adapted, batch, data
 
 
@@ -175,7 +175,7 @@ def test_shipped_minilm_profile_matches_measurement():
 def test_profile_command_writes_a_loadable_profile(tmp_path, capsys):
     out = tmp_path / "p.json"
     assert main(["profile", "--model", "tiny-llama", "--batch-size", "2", "--seq-len", "8", "--repeats", "1",
-                 "--threads", "1", "--out", str(out)]) == 0
+                 "--threads", "1", "--no-step-peaks", "--out", str(out)]) == 0
     profile = load_profile(str(out))
     assert (profile.model, profile.batch_size, profile.seq_len, profile.num_blocks) == ("tiny-llama", 2, 8, 4)
     assert "wrote" in capsys.readouterr().out
@@ -186,3 +186,50 @@ def test_profile_command_bad_output_directory(tmp_path, capsys):
     assert main(["profile", "--model", "tiny-llama", "--out", str(tmp_path / "missing" / "p.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "does not exist" in err
+
+
+# -- the whole step's peak ------------------------------------------------------------------
+
+def test_cpu_peak_is_exact_and_above_the_start():
+    """The allocator's running total: a 4 MB tensor alive while a 1 MB one is made and freed peaks
+    at exactly 5 MB; memory held before the measurement is not counted."""
+    import torch
+    from fedquad.diagnostics.step_peak import _cpu_peak_bytes
+    held = torch.empty(10_000_000, dtype=torch.uint8)  # noqa: F841 -- resident before the run
+
+    def run():
+        a = torch.empty(4_000_000, dtype=torch.uint8)
+        b = torch.empty(1_000_000, dtype=torch.uint8)
+        del b
+        c = torch.empty(500_000, dtype=torch.uint8)
+        del a, c
+
+    assert _cpu_peak_bytes(run) == 5_000_000
+    assert _cpu_peak_bytes(run) == 5_000_000
+
+
+@pytest.fixture(scope="module")
+def lengths_profile():
+    adapted = cached_model("tiny-llama", "causal-lm")
+    data = profile_model(adapted, generated_batch(adapted, 2, 16), quant=QUANT, repeats=1, warmup=0,
+                         extra_seq_lens=(8, 32))
+    return adapted, data
+
+
+@pytest.mark.slow  # a profile at three lengths: ~40 s alone, minutes on a loaded 2-core machine
+def test_step_peak_predicted_within_5_percent_at_an_unprofiled_shape(lengths_profile):
+    """Profiled at 2 x {8, 16, 32}; measured at 3 x 24 (neither the batch size nor the length was
+    profiled): the predicted whole-step peak above the resident model is within 5%, and the
+    measurement repeats exactly."""
+    from fedquad.costmodel import cost_model_at
+    from fedquad.diagnostics.step_peak import measure_step_peak_bytes
+    adapted, data = lengths_profile
+    profile = profile_from_dict(data)
+    assert [p.seq_len for p in profile.lengths] == [8, 32] and profile.workspace_bytes > 0
+    assert set(data["step_peak"]["by_length"]) == {"8", "16", "32"}
+    batch = generated_batch(adapted, 3, 24)
+    cm = cost_model_at(profile, 3, 24)
+    for plan in (ClientPlan(0), ClientPlan(1), ClientPlan(4), ClientPlan(4, 2, 8), ClientPlan(4, 4, 4)):
+        measured = measure_step_peak_bytes(adapted, plan, batch, QUANT)
+        assert measured == measure_step_peak_bytes(adapted, plan, batch, QUANT)
+        assert cm.step_peak_bytes(plan) == pytest.approx(measured, rel=0.05), plan.describe()

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedquad.errors import FedquadError
+from fedquad.plan import DEFAULT_GROUP_SIZE
 from fedquad.quant import QuantizedTensor, get_quantizer, packed_nbytes
 from fedquad.quant import fast, reference
 
@@ -158,7 +159,7 @@ def test_nbytes_accounting(impl, bits, numel):
     payload = numel if bits == 8 else -(-numel // 2)
     assert q.payload.numel() == payload
     assert q.nbytes == payload + 4 * q.scale.numel() + 4 * q.minimum.numel()
-    assert q.nbytes == packed_nbytes(numel, bits, 128)
+    assert q.nbytes == packed_nbytes(numel, bits, DEFAULT_GROUP_SIZE)  # the one default group size
     # no hidden slack: each tensor owns exactly its bytes (not a view into a bigger buffer)
     assert sum(t.untyped_storage().nbytes() for t in (q.payload, q.scale, q.minimum)) == q.nbytes
 
@@ -184,14 +185,14 @@ def test_stochastic_rounding_is_unbiased_seeded_and_private(impl):
     x = base.repeat(512)
     scale = 1 / 15
     state = torch.get_rng_state()
-    q = impl.quantize(x, 4, stochastic=True, generator=torch.Generator().manual_seed(0))
+    q = impl.quantize(x, 4, 128, stochastic=True, generator=torch.Generator().manual_seed(0))
     err = impl.dequantize(q).view(512, 128) - base
     assert abs(float(err.mean())) < 0.01 * scale
     assert float(err.mean(0).abs().max()) < 0.15 * scale  # RTN would be biased by up to scale/2
     assert float(err.abs().max()) < scale * (1 + 1e-4)
 
-    again = impl.quantize(x, 4, stochastic=True, generator=torch.Generator().manual_seed(0))
-    other = impl.quantize(x, 4, stochastic=True, generator=torch.Generator().manual_seed(1))
+    again = impl.quantize(x, 4, 128, stochastic=True, generator=torch.Generator().manual_seed(0))
+    other = impl.quantize(x, 4, 128, stochastic=True, generator=torch.Generator().manual_seed(1))
     assert torch.equal(q.payload, again.payload) and not torch.equal(q.payload, other.payload)
     impl.quantize(x, 8, stochastic=True)  # generator=None uses a private generator
     assert torch.equal(torch.get_rng_state(), state)

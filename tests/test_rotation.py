@@ -125,9 +125,10 @@ def test_head_width_tensors_in_an_int4_block_are_kept_at_int8():
     other = torch.randn(2, 64, 64)
     policy = SavedTensorPolicy(set(), QuantSettings(bits=4, quantizer="reference"), head_dims=frozenset({16}))
     packed_q, packed_other = policy.pack(q), policy.pack(other)
-    assert packed_q.q.bits == 8 and packed_q.q.scale.dtype == torch.float32  # int8 storage rules
+    # int8 codes, but the int4 block's 16-bit scales (not rotated: rotation is an int4 rule)
+    assert packed_q.q.bits == 8 and packed_q.q.scale.dtype == torch.bfloat16 and packed_q.flags is None
     assert packed_other.q.bits == 4
-    assert policy.bytes.kept_bytes == (stored.stored_nbytes(q.numel(), 8, 64, "float32", False)
+    assert policy.bytes.kept_bytes == (stored.stored_nbytes(q.numel(), 8, 64, "bfloat16", False)
                                        + stored.stored_nbytes(other.numel(), 4, 64, "bfloat16", True))
     assert (policy.unpack(packed_q) - q).abs().max() < 0.03
     off = SavedTensorPolicy(set(), QuantSettings(bits=4, head_bits=4, quantizer="reference"), head_dims=frozenset({16}))

@@ -1,6 +1,6 @@
 """One round, two runtimes: the simulator's `FederatedAlgorithm.apply` and the Flower server's
 `round_messages` / `aggregate_round` (in process, no Flower processes) give the same report and
-the same next state, bitwise, from the same inputs.
+the same next state, bitwise, from the same inputs (the failed clients' time to failure included).
 
 The stand-in node does what the ClientApp's train handler does with a message (decode the plan
 and the global adapter, `train_assignment` on its own partition, reply with the result and the
@@ -11,7 +11,8 @@ simulator lets it run out of memory after one step, and so does this node).
 
 Three devices with absolute budgets: one that fits everything, one between the head-only and
 the full-depth footprint, one with almost nothing. Under `fedlora` (full depth for everyone) the
-two smaller ones run out of memory; under `fedquad` the smallest sits out. Two rounds each, so
+two smaller ones run out of memory (the literal one, `fit_check=False`); under `fedquad` the smallest
+sits out. Two rounds each, so
 the strategy state `observe` wrote is carried into the next plan on both sides.
 """
 
@@ -54,8 +55,9 @@ def _node_replies(messages, config, actual):
     from flwr.app import Message, RecordDict
 
     from fedquad.client import QuantSettings
-    from fedquad.flower.clientapp import _assignment, local_indices, model_and_data
+    from fedquad.flower.nodework import _assignment, local_indices, model_and_data
     from fedquad.flower.codec import config_to_data, data_to_config, record_to_state, state_to_record
+    from fedquad.flower.nodework import node_step_memory
     from fedquad.sim.config import from_dict
     from fedquad.sim.round import train_assignment
 
@@ -73,10 +75,11 @@ def _node_replies(messages, config, actual):
         outcome = train_assignment(adapted, train_tokens, indices, node_config,
                                    QuantSettings(group_size=node_config.group_size), int(ins["round"]), global_state, a,
                                    fixed_bytes=float(ins["fixed_bytes"]), budget_bytes=budget,
-                                   time_s=float(ins["predicted_time_s"]))
+                                   time_s=float(ins["predicted_time_s"]),
+                                   step_memory=node_step_memory(ins, a.plan, budget))
         result = {"status": outcome.status, "reason": outcome.reason, "budget_bytes": budget,
                   "examples": outcome.examples, "loss": outcome.loss, "measured_bytes": outcome.measured_bytes,
-                  "time_s": outcome.time_s}
+                  "time_s": outcome.time_s, "micro_batches": outcome.micro_batches}
         content = RecordDict({"result": data_to_config(result, status=outcome.status)})
         if outcome.status == "ok":
             content["update"] = state_to_record(dict(outcome.update))
@@ -101,10 +104,15 @@ def test_simulator_and_server_rounds_agree_bitwise(parity_config, tmp_path, monk
 
     for name, value in (("_run_id", 7), ("_node_id", 1), ("_task_id", 1)):  # what a ServerApp process has
         monkeypatch.setattr(TaskIdentity, name, value)
+    from fedquad.strategies import FedLoRA
+
     config = parity_config.replace(strategy=strategy)
     workload = build_workload(config, show_progress=False)
-    algo = FederatedAlgorithm(workload, make_strategy(config))
+    # the literal FedAvg (everyone is sent full depth): the out-of-memory path on both sides
+    chosen = FedLoRA(fit_check=False) if strategy == "fedlora" else make_strategy(config)
+    algo = FederatedAlgorithm(workload, chosen)
     server = FedquadServer(config, ServerSettings(), str(tmp_path / "server"))
+    server.strategy = chosen
     sim_state = algo.init()
     assert list(server.state.global_state) == list(sim_state.global_state)
     assert all(torch.equal(server.state.global_state[k], v) for k, v in sim_state.global_state.items())
@@ -127,7 +135,9 @@ def test_simulator_and_server_rounds_agree_bitwise(parity_config, tmp_path, monk
         assert all("node_id" in f for f in node_fields)
 
         assert _plain(report) == _plain(sim_report), r
-        assert sim_report["round_time_s"] == sim_report["slowest_train_s"]  # the simulator's virtual clock
+        # the simulator's virtual clock: the slowest client, a failed one's time to failure included
+        assert sim_report["round_time_s"] == max(sim_report["slowest_train_s"], sim_report["failed_s"])
+        assert (sim_report["failed_s"] > 0) == any(d["status"] == "oom" for d in sim_report["devices"])
         statuses |= {d["status"] for d in sim_report["devices"]}
         assert sim_report["dropped"] == sum(d["status"] != "ok" for d in sim_report["devices"])
         assert sim_report["sat_out"] == sum(d["status"] == "idle" for d in sim_report["devices"])

@@ -9,7 +9,7 @@ import pytest
 from conftest import quick_profile
 
 from fedquad.errors import FedquadError
-from fedquad.sim.seeds import seeds_markdown, summarize_seeds
+from fedquad.sim.seeds import _json_safe, seeds_markdown, summarize_seeds
 
 
 def _report(target, **times_and_acc):
@@ -39,8 +39,37 @@ def test_medians_count_never_as_infinitely_slow_and_speedup_is_per_seed():
     assert speed["2"] == 0.0  # a baseline got there, FedQuad did not
     assert s["median_fedquad_speedup"] == pytest.approx(2.0)
     text = seeds_markdown(s)
-    assert "| fedquad | 10 / 12 / never | 2/3 | 12 |" in text
+    assert "| fedquad | 10 / 12 / never | 2/3 | 12 [10, never] |" in text
     assert "seed 1: inf" in text and "median 2.00x" in text
+    # the headline: against the strongest baseline (lowest median: fedlora 30 s; quant's is never),
+    # paired per seed: 30/10, inf (fedlora never), 0 (FedQuad never)
+    sp = s["speedup_vs_strongest_baseline"]
+    assert sp["strongest"] == "fedlora" and sp["per_seed"] == {"0": 3.0, "1": math.inf, "2": 0.0}
+    assert sp["median"] == 3.0 and sp["ci95"][0] <= 3.0 <= sp["ci95"][1]
+    assert "strongest baseline (fedlora" in text and "median paired speedup 3.00x" in text
+    lo, hi = s["strategies"]["fedquad"]["median_time_to_target_ci95"]
+    assert lo == 10.0 and hi == math.inf  # 1 of 3 seeds never: resamples with two nevers are never
+
+
+def test_first_touch_and_held_are_summarized_side_by_side_with_intervals():
+    def row(held, touch):
+        return {"time_to_target_s": held, "time_to_target_interval_s": None if held is None else [held - 4, held],
+                "first_touch_s": touch, "first_touch_interval_s": None if touch is None else [touch - 4, touch],
+                "final_accuracy": 0.8, "accuracy_at_common_time": 0.8, "dropped_device_rounds": 0,
+                "device_rounds": 4}
+    reports = {s: {"target_accuracy": 0.7, "target_hold_evals": 2, "strategies": {
+        "fedquad": row(20.0 + s, 8.0), "fedlora": row(None, 12.0)}} for s in range(3)}
+    summary = summarize_seeds(reports)
+    fq = summary["strategies"]["fedquad"]
+    assert fq["median_time_to_target_s"] == 21.0 and fq["median_first_touch_s"] == 8.0
+    assert summary["speedup_vs_strongest_baseline"]["median"] == math.inf  # fedlora never holds it
+    assert summary["speedup_vs_strongest_baseline_first_touch"]["median"] == 1.5  # 12 / 8
+    text = seeds_markdown(summary)
+    assert "(16, 20] / (17, 21] / (18, 22]" in text and "held at 2 evaluations" in text
+    with pytest.raises(FedquadError, match="one target hold"):
+        summarize_seeds({0: reports[0], 1: {**reports[1], "target_hold_evals": 1}})
+    as_json = json.loads(json.dumps(_json_safe(summary)))
+    assert as_json["speedup_vs_strongest_baseline"]["ci95"][1] == "inf"
 
 
 def test_seeds_must_share_one_target():
@@ -69,6 +98,9 @@ def test_compare_seeds_cli_runs_each_seed_and_reports_medians(tmp_path, capsys):
         assert summary["strategies"]["fedquad"]["time_to_target_s"][str(seed)] == \
             report["strategies"]["fedquad"]["time_to_target_s"]
     assert (out / "seeds.md").stat().st_size > 0 and (out / "time_to_target.png").stat().st_size > 0
+    assert (out / "accuracy_over_seeds.png").stat().st_size > 0
+    sp = summary["speedup_vs_strongest_baseline"]
+    assert sp["strongest"] == "fedlora" and len(sp["ci95"]) == 2 and summary["target_hold_evals"] == 2
     # the two seeds drew different devices and data: their simulated clocks differ
     clocks = [json.loads((out / f"seed-{s}" / "comparison.json").read_text())["strategies"]["fedlora"]
               ["simulated_time_s"] for s in (0, 1)]

@@ -37,7 +37,9 @@ def test_every_strategy_runs_two_rounds(tiny_config, tmp_path, name):
     assert all(h.get("accuracy") is not None for h in rounds)
     assert any(d["status"] == "ok" for h in rounds for d in h["devices"]), "nobody trained"
     for h in rounds:
-        assert h["round_time_s"] == max([d["time_s"] for d in h["devices"] if d["status"] == "ok"], default=0.0)
+        slowest = max([d["time_s"] for d in h["devices"] if d["status"] == "ok"], default=0.0)
+        assert h["round_time_s"] == max(slowest, h["failed_s"])
+        assert (h["failed_s"] > 0) == any(d["status"] not in ("ok", "idle") for d in h["devices"])
     assert (tmp_path / "history.json").is_file() and (tmp_path / "checkpoint" / "adapter.safetensors").is_file()
 
 
@@ -82,14 +84,27 @@ def test_resume_is_bitwise_identical(tiny_config, tmp_path):
 
 
 @integration
-def test_client_over_budget_fails_and_round_completes(tiny_config, tmp_path):
-    """fedlora sends full depth to boards that cannot hold it: they fail as out of memory."""
+def test_client_over_budget_fails_and_round_completes(tiny_config, tmp_path, monkeypatch):
+    """The literal FedAvg sends full depth to boards that cannot hold it: they fail as out of
+    memory, and the round waits for their failure (download + first step at their speed)."""
+    from fedquad.costmodel import cost_model, load_profile
+    from fedquad.plan import ClientPlan
+    from fedquad.strategies import FedLoRA
+
+    monkeypatch.setattr("fedquad.sim.runner.make_strategy", lambda config: FedLoRA(fit_check=False))
     result = simulate(tiny_config.replace(strategy="fedlora"), str(tmp_path), show_progress=False, plots=False)
-    devices = [d for h in result.history if h["round"] >= 0 for d in h["devices"]]
+    rounds = [h for h in result.history if h["round"] >= 0]
+    devices = [d for h in rounds for d in h["devices"]]
     oom = [d for d in devices if d["status"] == "oom"]
     assert oom, "expected weak boards to run out of memory under full depth"
     assert all(d["measured_bytes"] > d["budget_bytes"] and "out of memory" in d["failure"] for d in oom)
     assert result.state.round_index == 2 and any(d["status"] == "ok" for d in devices)
+    t = cost_model(load_profile(tiny_config.profile)).round_time
+    for h in rounds:
+        expected = max((t(ClientPlan(**d["plan"]), d["speed"], 1.0, 1.0, 1).compute_s for d in h["devices"]
+                        if d["status"] == "oom"), default=0.0)
+        assert h["failed_s"] >= expected > 0 or not expected  # at least the first step at the device's speed
+        assert h["round_time_s"] >= h["failed_s"]
 
 
 @integration

@@ -10,7 +10,7 @@ from fedquad.plan import ClientPlan
 from fedquad.strategies import STRATEGIES, ClientOutcome, RoundContext, get_strategy
 from tests._profiles import synthetic_profile
 
-PROFILE = profile_from_dict(synthetic_profile(6))
+PROFILE = profile_from_dict(synthetic_profile(6, input_bytes_per_block=2_000_000))  # recompute bytes: fedlora-ckpt
 CM = cost_model(PROFILE)
 FULL = CM.full_footprint_bytes()
 HEAD = CM.head_only_bytes()
@@ -37,19 +37,62 @@ def test_every_strategy_assigns_each_device_once():
         assert out["d3"].plan is not None, f"{name}: the strongest device must take part"
 
 
-def test_fedlora_sends_full_depth_to_everyone():
+def test_fedlora_sends_full_depth_to_everyone_who_fits_it():
     out = assignments("fedlora")
+    fits = {dev.device_id: FULL <= dev.budget_bytes for dev in devices()}
+    assert all((a.plan == ClientPlan(6)) == fits[k] for k, a in out.items()) and any(fits.values())
+    assert "sits out" in out["d0"].reason
+    literal = get_strategy("fedlora", fit_check=False)  # the literal FedAvg: d0 is sent it and will run out
+    out = {a.device_id: a for a in literal.configure(ctx(), devices(), {})}
     assert all(a.plan == ClientPlan(6) for a in out.values())
-    assert out["d0"].predicted_bytes > devices()[0].budget_bytes  # it will run out of memory
+    assert out["d0"].predicted_bytes > devices()[0].budget_bytes
 
 
-def test_uniform_depth_is_the_weakest_participants_deepest():
-    out = assignments("fedlora-uniform")
+def test_hetlora_sits_out_devices_that_cannot_fit_full_depth():
+    out = assignments("hetlora")
+    for dev in devices():
+        a = out[dev.device_id]
+        assert (a.plan is None) == (a.predicted_bytes is None)
+        if a.plan is not None:
+            assert a.predicted_bytes <= dev.budget_bytes
+    assert out["d0"].plan is None and out["d3"].plan is not None
+    literal = get_strategy("hetlora", fit_check=False)
+    assert all(a.plan is not None for a in literal.configure(ctx(), devices(), literal.init_state(6)))
+
+
+def test_weakest_uniform_depth_is_the_weakest_participants_deepest():
+    s = get_strategy("fedlora-uniform", weakest=True)
+    out = {a.device_id: a for a in s.configure(ctx(), devices(), {})}
     assert out["d0"].plan is None  # cannot fit even the head
     depths = {a.plan.depth for a in out.values() if a.plan is not None}
     assert len(depths) == 1
     d = depths.pop()
     assert CM.memory_bytes(ClientPlan(d)) <= devices()[1].budget_bytes < CM.memory_bytes(ClientPlan(d + 1))
+
+
+def test_uniform_depth_maximises_layers_times_data_per_second():
+    """The chosen depth beats every other uniform depth on (data share x layers) / round time, by
+    brute force over depths; devices that cannot fit it sit out."""
+    s = get_strategy("fedlora-uniform")
+    out = {a.device_id: a for a in s.configure(ctx(), devices(), {})}
+    depth = {a.plan.depth for a in out.values() if a.plan is not None}
+    assert len(depth) == 1
+    chosen = depth.pop()
+
+    def score(d):
+        takers = [dev for dev in devices() if CM.memory_bytes(ClientPlan(d)) <= dev.budget_bytes]
+        if not takers:
+            return -1.0
+        t = max(CM.round_time(ClientPlan(d), dev.speed, dev.up_Bps, dev.down_Bps, dev.local_steps).total_s
+                for dev in takers)
+        return sum(dev.data_weight for dev in takers) / sum(dev.data_weight for dev in devices()) * (d + 1) / t
+
+    assert score(chosen) == max(score(d) for d in range(7))
+    for dev in devices():
+        assert (out[dev.device_id].plan is None) == (CM.memory_bytes(ClientPlan(chosen)) > dev.budget_bytes)
+    weak_only = [Device("w", "t", int(HEAD * 1.01), 1.0, 1e6, 1e6, 5, 100.0), devices()[3]]
+    out = {a.device_id: a for a in s.configure(ctx(), weak_only, {})}
+    assert out["d3"].plan.depth > 0  # one head-only board does not pin everyone to depth 0
 
 
 def test_fedquad_and_quant_only_plans_fit_budgets():
@@ -73,7 +116,8 @@ def test_fedra_subsets_fit_and_vary_by_round():
 
 
 def test_hetlora_rank_grows_with_capacity():
-    out = assignments("hetlora")
+    s = get_strategy("hetlora", fit_check=False)
+    out = {a.device_id: a for a in s.configure(ctx(), devices(), s.init_state(6))}
     ranks = [out[f"d{i}"].options.rank for i in range(4)]
     assert ranks == sorted(ranks) and ranks[-1] == 8 and ranks[0] >= 2
 

@@ -95,7 +95,7 @@ def test_evaluate_hands_over_to_the_models_kind():
     lm = evaluate(cached_model("tiny-llama", "causal-lm"), None, lm_tokens, batch_size=8)
     assert {"perplexity", "token_accuracy", "exact_match"} <= set(lm) and lm["examples"] == 16
     cls = evaluate(cached_model("tiny-bert"), None, tokenize(cls_data(16), tok, 16), batch_size=8)
-    assert set(cls) == {"accuracy", "loss", "examples"} and cls["examples"] == 16
+    assert set(cls) == {"accuracy", "loss", "examples", "max_class_share"} and cls["examples"] == 16
 
 
 def test_lm_evaluation_refuses_classification_tokens():

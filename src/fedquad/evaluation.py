@@ -18,10 +18,10 @@ from fedquad.tasks import eval_indices
 __all__ = ["eval_indices", "evaluate"]
 
 
-@torch.no_grad()
 def evaluate(adapted: AdaptedModel, state: dict[str, torch.Tensor] | None, tokens: TokenizedData, *,
              batch_size: int = 64, max_examples: int | None = None, seed: int = 0) -> dict[str, float]:
     """The task kind's metrics of the model with `state` loaded (None: as it is) on `tokens`."""
     if state is not None:
-        adapted.load_adapter_state(state)
+        with torch.no_grad():  # loaded outside inference mode: the parameters train again afterwards
+            adapted.load_adapter_state(state)
     return adapted.kind.evaluate(adapted, tokens, batch_size=batch_size, max_examples=max_examples, seed=seed)

@@ -1,4 +1,4 @@
-"""ClientPlan: which blocks a device trains and which keep int8/int4 saved activations.
+"""ClientPlan: which blocks a device trains, which keep int8/int4 saved activations, which recompute.
 
 Pure Python (no torch): the planner and cost model use it too.
 
@@ -7,6 +7,15 @@ L-d..L-1 (plus the task head). With placement "bottom" (default) the q quantized
 q trainable blocks nearest the input, L-d..L-d+q-1: an error in a block's saved activations
 perturbs that block's gradients and everything below it, and the lowest trainable blocks have
 nothing trainable below. "top" puts them at L-q..L-1, for the ablation.
+
+The r recomputed blocks (`recompute_layers`) are placed the same way: with "bottom" they are
+L-d..L-d+r-1. A recomputed block runs under non-reentrant activation checkpointing
+(torch.utils.checkpoint, use_reentrant=False): it stores only its input for backward and
+recomputes its forward there (exact gradients, one extra forward of the block). Recomputed and
+quantized blocks may overlap: a block that is both stores its checkpoint input quantized at `bits`
+(the recompute then starts from that input, so its gradients are no longer exact). So with
+"bottom", q=2 and r=4 the two lowest trainable blocks store a quantized input, the next two their
+full-precision input, and the rest save their activations as usual.
 """
 
 from __future__ import annotations
@@ -17,6 +26,11 @@ from fedquad.errors import FedquadError
 
 SUPPORTED_BITS = (8, 4)
 PLACEMENTS = ("bottom", "top")
+# Elements per min/max quantization group, the one default of every entry point (library, CLI,
+# simulator, Flower, cost model). 64 rather than 128: at full int4 on MiniLM 16 x 64 the worst
+# gradient cosine is 0.967 vs 0.930 (kept/raw 0.157 vs 0.149), at int8 0.99975 vs 0.99953
+# (docs/quantization.md, section 1). A profile records the group size it was measured at.
+DEFAULT_GROUP_SIZE = 64
 
 
 @dataclass(frozen=True, order=True)
@@ -24,7 +38,11 @@ class ClientPlan:
     depth: int = field(metadata={"help": "number of trainable blocks counted from the output (0 = head only)"})
     quant_layers: int = field(default=0, metadata={"help": "trainable blocks whose saved activations are quantized"})
     bits: int = field(default=8, metadata={"help": "bit width of quantized saved activations: 8 or 4"})
-    placement: str = field(default="bottom", metadata={"help": "which trainable blocks are quantized: bottom or top"})
+    placement: str = field(default="bottom", metadata={
+        "help": "which trainable blocks are quantized and recomputed: bottom or top"})
+    recompute_layers: int = field(default=0, metadata={
+        "help": "trainable blocks checkpointed (store their input, recompute in backward); a block also "
+                "counted in quant_layers stores that input quantized"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.depth, int) or self.depth < 0:
@@ -33,6 +51,10 @@ class ClientPlan:
             raise FedquadError(f"quant_layers must be a non-negative integer, got {self.quant_layers!r}")
         if self.quant_layers > self.depth:
             raise FedquadError(f"quant_layers ({self.quant_layers}) cannot exceed depth ({self.depth})")
+        if not isinstance(self.recompute_layers, int) or self.recompute_layers < 0:
+            raise FedquadError(f"recompute_layers must be a non-negative integer, got {self.recompute_layers!r}")
+        if self.recompute_layers > self.depth:
+            raise FedquadError(f"recompute_layers ({self.recompute_layers}) cannot exceed depth ({self.depth})")
         if self.bits not in SUPPORTED_BITS:
             raise FedquadError(f"bits must be 4 or 8, got {self.bits!r}")
         if self.placement not in PLACEMENTS:
@@ -49,11 +71,18 @@ class ClientPlan:
         return range(num_blocks - self.depth, num_blocks)
 
     def quantized_blocks(self, num_blocks: int) -> range:
+        return self._placed(num_blocks, self.quant_layers)
+
+    def recomputed_blocks(self, num_blocks: int) -> range:
+        """Blocks run under activation checkpointing (placed like the quantized ones)."""
+        return self._placed(num_blocks, self.recompute_layers)
+
+    def _placed(self, num_blocks: int, count: int) -> range:
         self.validate_for(num_blocks)
         if self.placement == "bottom":
             first = num_blocks - self.depth
-            return range(first, first + self.quant_layers)
-        return range(num_blocks - self.quant_layers, num_blocks)
+            return range(first, first + count)
+        return range(num_blocks - count, num_blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,14 +90,18 @@ class ClientPlan:
     @classmethod
     def from_dict(cls, data: dict) -> "ClientPlan":
         try:
-            return cls(**{k: data[k] for k in ("depth", "quant_layers", "bits", "placement") if k in data})
+            return cls(**{k: data[k] for k in ("depth", "quant_layers", "bits", "placement", "recompute_layers")
+                          if k in data})
         except TypeError as exc:  # missing depth
             raise FedquadError(f"malformed plan {data!r}: {exc}") from None
 
     def describe(self) -> str:
-        if self.quant_layers == 0:
-            return f"d={self.depth}"
-        return f"d={self.depth} q={self.quant_layers}@int{self.bits}"
+        text = f"d={self.depth}"
+        if self.quant_layers:
+            text += f" q={self.quant_layers}@int{self.bits}"
+        if self.recompute_layers:
+            text += f" r={self.recompute_layers}"
+        return text
 
 
 # What a baseline changes in the client beyond the plan (docs/design.md, "Strategies"). FedQuad itself needs

@@ -6,6 +6,7 @@ import json
 import sys
 
 from fedquad.cli.main import positive_int, seed_int
+from fedquad.plan import DEFAULT_GROUP_SIZE
 
 
 def add_model_args(p) -> None:
@@ -20,7 +21,8 @@ def add_model_args(p) -> None:
     g.add_argument("--lora-alpha", type=positive_int, default=16, help="LoRA alpha")
     g.add_argument("--batch-size", type=positive_int, default=16, help="examples per step")
     g.add_argument("--seq-len", type=positive_int, default=64, help="tokens per example")
-    g.add_argument("--group-size", type=positive_int, default=128, help="quantization group size")
+    g.add_argument("--group-size", type=positive_int, default=DEFAULT_GROUP_SIZE,
+                   help=f"quantization group size (default {DEFAULT_GROUP_SIZE}, as every entry point)")
     g.add_argument("--quantizer", default="auto", choices=["auto", "fast", "reference"], help="quantizer implementation")
     g.add_argument("--seed", type=seed_int, default=0, help="random seed (0 to 2**63 - 1)")
 

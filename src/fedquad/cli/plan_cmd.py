@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--round", type=non_negative_int, default=0, help="round whose device state to plan for")
     p.add_argument("--seed", type=seed_int, default=None, help="seed of the device draw and dynamics (default: scenario's)")
     p.add_argument("--no-quant", action="store_true", help="never quantize saved activations (depth-only baseline)")
+    p.add_argument("--no-recompute", action="store_true",
+                   help="never recompute (checkpoint) blocks (the planner offers it when the profile has recompute bytes)")
     p.add_argument("--bits", default="8,4", help="bit widths the planner may use, comma-separated (default 8,4)")
     p.add_argument("--placement", default="bottom", choices=["bottom", "top"],
                    help="which trainable blocks to quantize")
@@ -42,7 +44,8 @@ def run(args) -> int:
 
     profile = load_profile(args.profile)
     scenario = load_scenario(args.scenario)
-    config = PlannerConfig(allow_quant=not args.no_quant, bits=_bits(args.bits), placement=args.placement)
+    config = PlannerConfig(allow_quant=not args.no_quant, bits=_bits(args.bits), placement=args.placement,
+                           allow_recompute=not args.no_recompute)
     seed = scenario.seed if args.seed is None else args.seed
     devices = devices_at_round(draw_devices(scenario, profile, seed), scenario, args.round, seed)
     result = require_participants(devices, profile, scenario.name, f"in round {args.round}", config)

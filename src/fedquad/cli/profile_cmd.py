@@ -25,6 +25,13 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads while profiling (default: torch's choice); 1 is far steadier on "
                         "a small machine that other jobs are also using")
+    p.add_argument("--extra-seq-lens", default="",
+                   help="comma-separated further sequence lengths to measure (same batch size), e.g. 32,128: the "
+                        "cost model then fits per-block terms linear and quadratic in the length; without, bytes "
+                        "and times scale with the batch's tokens")
+    p.add_argument("--no-step-peaks", action="store_true",
+                   help="skip measuring each plan's whole step peak (two extra steps per plan); the workspace "
+                        "is then estimated as one block's saved activations")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
     p.add_argument("--quiet", action="store_true", help="no progress output on stderr")
     p.set_defaults(func=run)
@@ -46,6 +53,19 @@ def check_writable_file(path: str) -> None:
         raise FedquadError(f"cannot write {path}: folder {out_dir}: {exc.strerror or exc}") from None
 
 
+def parse_lengths(text: str) -> tuple[int, ...]:
+    """`--extra-seq-lens 32,128` as (32, 128); a one-line error for anything else."""
+    if not text.strip():
+        return ()
+    try:
+        lengths = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise FedquadError(f"--extra-seq-lens {text!r}: give comma-separated positive integers, e.g. 32,128") from None
+    if any(x <= 0 for x in lengths):
+        raise FedquadError(f"--extra-seq-lens {text!r}: lengths must be positive")
+    return lengths
+
+
 def run(args) -> int:
     from rich.console import Console
 
@@ -56,6 +76,7 @@ def run(args) -> int:
     from fedquad.sim.progress import StepProgress
 
     check_writable_file(args.out)  # before minutes of measuring, not after
+    extra = parse_lengths(args.extra_seq_lens)
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
@@ -63,10 +84,11 @@ def run(args) -> int:
     perturb_adapters(adapted, seed=args.seed)
     batch = generated_batch(adapted, args.batch_size, args.seq_len, args.seed)
     quant = QuantSettings(group_size=args.group_size, quantizer=args.quantizer)
-    total = profile_steps(adapted.num_blocks, args.repeats, args.warmup)
+    total = profile_steps(adapted.num_blocks, args.repeats, args.warmup) * (1 + len(set(extra) - {args.seq_len}))
     with StepProgress(f"profiling {adapted.name}", total, enabled=not args.quiet) as bar:
         profile = profile_model(adapted, batch, quant=quant, repeats=args.repeats, warmup=args.warmup,
-                                seed=args.seed, statistic=args.statistic, progress=bar)
+                                seed=args.seed, statistic=args.statistic, progress=bar,
+                                extra_seq_lens=extra, step_peaks=not args.no_step_peaks)
     try:
         write_json_atomic(args.out, profile)
     except OSError as exc:
@@ -77,5 +99,7 @@ def run(args) -> int:
                     f"step {profile['measured_step_s']['by_depth'][-1] * 1e3:.0f} ms at full depth; per-block times "
                     f"fit the measured steps within {profile['timing']['max_abs_rel_residual']:.1%} "
                     f"({len(profile['timing']['plans'])} plans); quantizer compile "
-                    f"{profile['timing'].get('quantizer_warmup_s', 0.0):.2f} s (untimed)")
+                    f"{profile['timing'].get('quantizer_warmup_s', 0.0):.2f} s (untimed); step workspace "
+                    f"{profile['workspace_bytes'] / 2**20:.1f} MiB; lengths "
+                    f"{[profile['seq_len']] + [p['seq_len'] for p in profile['lengths']]}")
     return 0

@@ -52,6 +52,17 @@ def add_parser(sub) -> None:
                         "seeds in OUT/seeds.md; needs --target-accuracy or target_accuracy in the config")
     c.add_argument("--report-only", action="store_true",
                    help="do not run: rebuild comparison.json/.md and plots from the runs already in --out")
+    c.add_argument("--target-hold", type=int, default=None, metavar="K",
+                   help="the target counts as reached when held at K evaluations in a row (default 2; 1 = first "
+                        "touch, which is reported beside it either way)")
+    c.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the (strategy, seed) runs in N local processes at once (same results as one process)")
+    c.add_argument("--threads-per-worker", type=int, default=1, metavar="T",
+                   help="torch/OpenMP threads of each worker with --workers or --ray-address (default 1)")
+    c.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="run the (strategy, seed) runs on the Ray cluster at ADDR (e.g. auto, host:6379, or local "
+                        "for a new local instance; needs pip install 'fedquad[ray]' and --out on a file system every "
+                        "node sees)")
     c.set_defaults(func=run_compare)
 
 
@@ -122,6 +133,10 @@ def run_compare(args) -> int:
     from fedquad.strategies import parse_strategy_list
 
     _check_target(args.target_accuracy)
+    if args.target_hold is not None and args.target_hold < 1:
+        raise FedquadError(f"--target-hold must be >= 1 (evaluations in a row), got {args.target_hold}")
+    if args.report_only and (args.workers != 1 or args.ray_address):
+        raise FedquadError("--report-only trains nothing: drop --workers/--ray-address")
     if args.resume:
         return _resume_compare(args)
     out = args.out or "runs/compare"
@@ -131,14 +146,14 @@ def run_compare(args) -> int:
         if args.seeds is not None:
             return _run_compare_seeds(args, config, names, out)
         from fedquad.sim.compare import report_from_runs
-        report = report_from_runs(out, names, args.target_accuracy)
+        report = report_from_runs(out, names, args.target_accuracy, _hold(args))
     else:
         names = parse_strategy_list(args.strategies or DEFAULT_STRATEGIES)
         config = load_config(args.config, args.overrides)
         if args.seeds is not None:
             return _run_compare_seeds(args, config, names, out)
         report = compare(config, names, out, args.target_accuracy, show_progress=not args.quiet,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, hold_evals=args.target_hold, fanout=_fanout(args))
     print(markdown_table(report))
     print(f"wrote {out}/comparison.json, comparison.md, accuracy_vs_time.png, memory.png")
     return 0
@@ -152,18 +167,31 @@ def _resume_compare(args) -> int:
     changes = _resume_changes(args, "comparison")
     plan = load_plan(args.resume)
     target = args.target_accuracy if args.target_accuracy is not None else plan["target_accuracy"]
+    hold = args.target_hold if args.target_hold is not None else plan["target_hold_evals"]
     if plan["seeds"]:
         from fedquad.sim.seeds import compare_seeds, seeds_markdown
         summary = compare_seeds(plan["config"], plan["strategies"], args.resume, plan["seeds"], target,
-                                show_progress=not args.quiet, resume=True, changes=changes)
+                                show_progress=not args.quiet, resume=True, changes=changes, hold_evals=hold,
+                                fanout=_fanout(args))
         print(seeds_markdown(summary))
-        print(f"wrote {args.resume}/seeds.json, seeds.md, time_to_target.png")
+        print(f"wrote {args.resume}/seeds.json, seeds.md, time_to_target.png, accuracy_over_seeds.png")
         return 0
     report = compare(plan["config"], plan["strategies"], args.resume, target, show_progress=not args.quiet,
-                     resume=True, changes=changes)
+                     resume=True, changes=changes, hold_evals=hold, fanout=_fanout(args))
     print(markdown_table(report))
     print(f"wrote {args.resume}/comparison.json, comparison.md, accuracy_vs_time.png, memory.png")
     return 0
+
+
+def _hold(args) -> int:
+    from fedquad.sim.stats import TARGET_HOLD_EVALS
+    return TARGET_HOLD_EVALS if args.target_hold is None else args.target_hold
+
+
+def _fanout(args):
+    """Where the runs go (--workers, --ray-address, --threads-per-worker); checked in one line."""
+    from fedquad.sim.workers import Fanout
+    return Fanout(args.workers, args.ray_address, args.threads_per_worker)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -187,11 +215,12 @@ def _run_compare_seeds(args, config, names: list[str] | None, out: str) -> int:
     if target is None:
         raise FedquadError("--seeds needs a target accuracy: pass --target-accuracy")
     if args.report_only:
-        summary = reports_from_seed_runs(out, names, seeds, target)
+        summary = reports_from_seed_runs(out, names, seeds, target, _hold(args))
     else:
         summary = compare_seeds(config, names, out, seeds, target, show_progress=not args.quiet,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, hold_evals=args.target_hold, fanout=_fanout(args))
     print(seeds_markdown(summary))
-    print(f"wrote {out}/seeds.json, seeds.md, time_to_target.png and one comparison per seed in "
+    print(f"wrote {out}/seeds.json, seeds.md, time_to_target.png, accuracy_over_seeds.png and one comparison per "
+          "seed in "
           f"{out}/seed-N/")
     return 0

@@ -4,7 +4,8 @@ from fedquad.plan import TrainOptions
 
 from fedquad.client.runtime import PlanRuntime
 from fedquad.client.saved_activations import BlockBytes, QuantSettings, SavedTensorPolicy
-from fedquad.client.train import LocalMetrics, LocalResult, LocalTrainConfig, forward_backward, train_local
+from fedquad.client.train import (LocalMetrics, LocalResult, LocalTrainConfig, StepMemory, forward_backward,
+                                  train_local)
 
 __all__ = ["BlockBytes", "LocalMetrics", "LocalResult", "LocalTrainConfig", "PlanRuntime", "QuantSettings",
-           "SavedTensorPolicy", "TrainOptions", "forward_backward", "train_local"]
+           "SavedTensorPolicy", "StepMemory", "TrainOptions", "forward_backward", "train_local"]

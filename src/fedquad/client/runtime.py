@@ -6,13 +6,26 @@ blocks below the trainable segment run with grad disabled (so autograd records a
 nothing there: the saving is real, not bookkeeping), trainable blocks run inside their own
 saved-tensor policy. Everything outside the blocks (embeddings, final norm, pooler, head) runs
 inside an accounting-only policy so the total is exact too.
+
+Recomputed blocks (ClientPlan.recompute_layers) have their forward replaced, for the duration of
+the `with` block, by non-reentrant activation checkpointing (torch.utils.checkpoint with
+use_reentrant=False: the reentrant form needs an input that requires grad, which the frozen
+prefix never gives; this is what HF's gradient_checkpointing_enable does per layer, Chen et al.
+2016). The block's policy is still the innermost saved-tensor hook when the checkpoint saves the
+block's inputs, so the policy sees exactly what the block stores (and quantizes it when the block
+is also quantized); what the block saves inside its forward goes to the checkpoint's own hooks
+and is dropped. In backward the checkpoint reruns the forward (same RNG state: same dropout
+masks) and keeps the recomputed tensors until their nodes have run: those are counted, per block,
+as `recompute_bytes` (distinct storages), a transient peak reported apart from the stored bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from fedquad.client.saved_activations import BlockBytes, QuantSettings, SavedTensorPolicy, parameter_storages
 from fedquad.models.adapted import AdaptedModel
@@ -30,6 +43,7 @@ class PlanRuntime:
         self.skipped = options.skip_blocks(L)  # bypassed blocks (FedRA sub-models): no compute kept
         self.trainable = set(plan.trainable_blocks(L)) - self.skipped
         self.quantized = set(plan.quantized_blocks(L)) - self.skipped
+        self.recomputed = set(plan.recomputed_blocks(L)) - self.skipped
         self.trainable_keys = [k for k in adapted.keys_for_plan(plan) if adapted.key_block[k] not in self.skipped]
         storages = parameter_storages(adapted.model)
         generator = None
@@ -40,6 +54,8 @@ class PlanRuntime:
         self.policies = [SavedTensorPolicy(storages, quant if i in self.quantized else None, generator, keep, heads)
                          for i in range(L)]
         self.outside = SavedTensorPolicy(storages, None)
+        self._storages = storages
+        self._recompute_bytes = [0] * L
         self._handles: list = []
         self._stack: list = []
 
@@ -51,12 +67,17 @@ class PlanRuntime:
         for i, block in enumerate(self.adapted.blocks):
             self._handles.append(block.register_forward_pre_hook(self._make_pre(i), with_kwargs=True))
             self._handles.append(block.register_forward_hook(self._make_post(i), always_call=True))
+        for i in sorted(self.recomputed):  # an instance attribute shadows the class's forward
+            block = self.adapted.blocks[i]
+            block.forward = self._checkpointed(i, block.forward)
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for i in self.recomputed:
+            self.adapted.blocks[i].__dict__.pop("forward", None)
         while self._stack:  # only after an exception inside a block's forward
             self._stack.pop().__exit__(None, None, None)
 
@@ -83,10 +104,41 @@ class PlanRuntime:
             return None
         return post
 
+    # -- recompute -----------------------------------------------------------------------------
+    def _checkpointed(self, index: int, forward):
+        def run(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            # Like HF's GradientCheckpointingLayer: a KV cache would be appended to twice (forward
+            # and recompute), so a checkpointed block runs without one (training never reads it).
+            for key in _CACHE_KWARGS:
+                if kwargs.get(key) is not None:
+                    kwargs[key] = None
+            if kwargs.get("use_cache"):
+                kwargs["use_cache"] = False
+            return checkpoint(forward, *args, use_reentrant=False,
+                              context_fn=functools.partial(self._contexts, index), **kwargs)
+        return run
+
+    def _contexts(self, index: int):
+        """(forward context, recompute context) for torch.utils.checkpoint: the recompute runs in
+        backward, outside the block's pre-hook, so it re-enters the math attention (same saved
+        tensors as the forward, which the checkpoint checks) and counts what it recomputes."""
+        recompute = _count_recomputed(self, index)
+        if self.adapted.device.type == "cuda":
+            recompute = _with_math_attention(recompute)
+        return contextlib.nullcontext(), recompute
+
+    def recompute_bytes(self) -> list[int]:
+        """Per block, bytes of the activations its recompute held during this step's backward
+        (distinct storages, parameters excluded); 0 for blocks that are not recomputed."""
+        return list(self._recompute_bytes)
+
     # -- per step ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def step(self):
         """Bracket one forward (+ backward): resets the byte counts, accounts non-block tensors."""
+        self._recompute_bytes = [0] * self.adapted.num_blocks
         for p in self.policies:
             p.reset()
         self.outside.reset()
@@ -101,6 +153,40 @@ class PlanRuntime:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [self.adapted.parameter(k) for k in self.trainable_keys]
+
+
+_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
+
+
+@contextlib.contextmanager
+def _count_recomputed(runtime: PlanRuntime, index: int):
+    """Inside a checkpoint's recompute, wrap its pack hook (the top of the saved-tensor hook stack)
+    with one that adds each new storage's bytes to the block's count, then hands the tensor on.
+    torch has no public accessor for the top hook; without it nothing is counted and the block
+    reports -1 (unknown) rather than a wrong 0."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    hooks = top(False) if top is not None else None
+    if hooks is None:
+        runtime._recompute_bytes[index] = -1
+        yield
+        return
+    pack, unpack = hooks
+    seen: set[int] = set()
+    total = [0]
+
+    def counting_pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in seen and ptr not in runtime._storages:
+            seen.add(ptr)
+            total[0] += storage.nbytes()
+        return pack(t)
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(counting_pack, unpack):
+            yield
+    finally:  # the largest of this step's recomputes of the block (micro-batches recompute it again)
+        runtime._recompute_bytes[index] = max(runtime._recompute_bytes[index], total[0])
 
 
 def _head_dim(config) -> int | None:

@@ -37,20 +37,41 @@ reach the host, to know which copy to keep and what to count:
 int4 blocks store differently from int8 ones (QuantSettings defaults; measured side by side in
 benchmarks/int4_study.py, docs/quantization.md): each group's scale and minimum are kept as
 bfloat16 (``fedquad.quant.stored``), groups of signed tensors are Hadamard-rotated where that
-narrows their range (``fedquad.quant.rotation``: spreads outlier channels), and tensors whose last
-dimension is the attention head width (q, k, v in head layout, where an error is amplified through
-the softmax) are kept at int8.
+narrows their range (``fedquad.quant.rotation``: spreads outlier channels), and two kinds of tensor
+are kept at int8 codes (with the block's bfloat16 scales): those whose last dimension is the
+attention head width (q, k, v in head layout, where an error is amplified through the softmax),
+and the input of the block's activation function (GELU, SiLU: its derivative turns a small input
+error into a large gradient error). The latter is found by a module pre-hook that ``hooks()``
+installs for the block's forward (the input storage of every activation module is noted).
+
+At any width, a CPU tensor of two values {0, c} (dropout masks: 1/6 of a MiniLM block's saved
+bytes) is kept exactly as one bit per element (``stored.two_valued``, found by a 64-element probe
+before one full check, so other tensors pay almost nothing; off on CUDA, where dropout saves bool
+masks and the check would read device data). Together these two rules buy the int8 activation
+input for nothing: MiniLM at full int4 goes from a worst gradient cosine of 0.967 to 0.98 at
+kept/raw 0.16 (docs/quantization.md, section 5).
 
 Quantization is eager in pack so the float tensor can be freed during the forward; unpack is
-pure (it may run twice, e.g. with retain_graph=True). A tensor saved twice (q, k and v LoRA all
-save the same block input) is stored once: dedup is by object identity through a weak
-reference plus the version counter, never by data_ptr, because freed addresses are reused
-within one forward.
+pure (it may run twice, e.g. with retain_graph=True).
+
+Storage-exact: a storage is stored and counted once per step, whatever views of it are saved.
+The q, k and v LoRA of a block each save their own view object of the block input (same storage,
+same geometry): the second and third get the first's packed result. A view with another geometry
+of a storage whose whole is packed already gets that packed whole plus its geometry (``_View``,
+re-made with ``as_strided`` on unpack); partial views of a storage nobody saved whole are packed
+each on their own (measured: neither MiniLM nor tiny LLaMA saves one; benchmarks/saved_views.py).
+``raw_bytes`` counts each storage at its full size once, which is what memory holds, and equals
+an independent storage-level count (tests/test_saved_activations.py). Storages are told apart
+by a weak reference to the storage object, the view's root tensor and the version counter, never
+by data_ptr: freed addresses are reused within one forward, and a dead weak reference never
+matches. The table is weak throughout, so a packed result lives exactly as long as autograd
+holds it: backward frees each as it consumes it, and nothing of the step is retained after it.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
@@ -58,15 +79,18 @@ from dataclasses import dataclass, field
 import torch
 
 from fedquad.errors import FedquadError
+from fedquad.plan import DEFAULT_GROUP_SIZE
+from fedquad.client.saved_records import (_Deferred, _Param, _Storage, _View, _covers, _dtype, _geometry,
+                                          _is_activation, _nbytes)
 from fedquad.quant import QuantizedTensor, stored
 
 
 @dataclass
 class BlockBytes:
     """What one block saved for backward in one step (bytes, exact)."""
-    raw_bytes: int = 0          # size of every distinct saved activation at full precision
-    kept_bytes: int = 0         # what is actually kept: payload + scales, or the raw tensor
-    tensors: int = 0            # distinct saved activations
+    raw_bytes: int = 0          # every distinct storage of a saved activation, at full size, once
+    kept_bytes: int = 0         # what is actually kept: payload + scales, or the raw storage (once)
+    tensors: int = 0            # distinct storages saved
     quantized_tensors: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (kept unquantized)
 
@@ -82,7 +106,7 @@ class BlockBytes:
 @dataclass(frozen=True)
 class QuantSettings:
     bits: int = field(default=8, metadata={"help": "8 or 4"})
-    group_size: int = field(default=64, metadata={"help": "elements per min/max group"})
+    group_size: int = field(default=DEFAULT_GROUP_SIZE, metadata={"help": "elements per min/max group"})
     stochastic: bool = field(default=False, metadata={"help": "stochastic rounding instead of nearest"})
     min_numel: int = field(default=1024, metadata={"help": "smaller tensors are kept as they are"})
     sqrt_nonnegative: bool = field(default=True, metadata={"help": "quantize non-negative tensors on a sqrt grid"})
@@ -97,10 +121,16 @@ class QuantSettings:
     head_bits: int = field(default=8, metadata={
         "help": "bits, inside an int4 block, for tensors whose last dimension is the attention head width "
                 "(q, k, v, attention output in head layout): 8, or 4 for no exception"})
+    activation_bits: int = field(default=8, metadata={
+        "help": "bits, inside an int4 block, for the input of the block's activation function (GELU, SiLU): "
+                "8, or 4 for no exception"})
+    two_valued: bool = field(default=True, metadata={
+        "help": "keep a CPU tensor of two values {0, c} (a dropout mask) exactly, as one bit per element"})
 
     def __post_init__(self):
-        if self.head_bits not in (8, 4):
-            raise FedquadError(f"head_bits must be 8 or 4, got {self.head_bits!r}")
+        for name in ("head_bits", "activation_bits"):
+            if getattr(self, name) not in (8, 4):
+                raise FedquadError(f"{name} must be 8 or 4, got {getattr(self, name)!r}")
         if self.rotation not in ("int4", "on", "off"):
             raise FedquadError(f"rotation must be int4, on or off, got {self.rotation!r}")
         if self.scale_dtype not in ("auto", *stored.PARAM_DTYPES):
@@ -111,27 +141,6 @@ class QuantSettings:
 
     def param_dtype(self) -> str:
         return ("bfloat16" if self.bits == 4 else "float32") if self.scale_dtype == "auto" else self.scale_dtype
-
-
-class _Param:
-    """Marker for a saved parameter (or a view of one): kept by reference, not counted."""
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-
-class _Deferred:
-    """CUDA: a quantized tensor whose keep-raw flag is still on its way to the host. Holds both the
-    raw tensor and the quantized copy until ``SavedTensorPolicy.settle`` drops one of them."""
-    __slots__ = ("raw", "q", "flag", "host_flag", "event")
-
-    def __init__(self, raw: torch.Tensor, q: QuantizedTensor, flag: torch.Tensor):
-        self.raw, self.q, self.flag = raw, q, flag
-        self.host_flag = torch.empty((), dtype=torch.bool, pin_memory=True)
-        self.host_flag.copy_(flag, non_blocking=True)
-        self.event = torch.cuda.Event()
-        self.event.record()
 
 
 def parameter_storages(module: torch.nn.Module) -> set[int]:
@@ -159,8 +168,9 @@ class SavedTensorPolicy:
         self.quant = quant
         self.generator = generator
         self.bytes = BlockBytes()
-        self._seen: dict[int, tuple[weakref.ref, int, object]] = {}
-        self._pending: collections.deque[_Deferred] = collections.deque()
+        self._seen: dict[int, _Storage] = {}  # id(storage) -> what this step packed of it
+        self._activation_inputs: dict[int, weakref.ref] = {}  # id(storage) -> the input of an activation module
+        self._pending: collections.deque[tuple[_Deferred, _Storage, int]] = collections.deque()
         self._quantizer = None
         if quant is not None:
             from fedquad.quant import get_quantizer
@@ -170,89 +180,148 @@ class SavedTensorPolicy:
         self._pending.clear()  # the previous step's: its counts are being dropped anyway
         self.bytes = BlockBytes()
         self._seen.clear()
+        self._activation_inputs.clear()
 
-    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
-        return torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack)
+    def retained_bytes(self) -> int:
+        """Bytes of packed results this policy alone still keeps alive (its tables are weak: 0;
+        pending CUDA decisions hold theirs until settled)."""
+        return sum(_nbytes(d.raw) + _nbytes(d.q) for d, _, _ in self._pending)
+
+    @contextlib.contextmanager
+    def hooks(self):
+        """The pack/unpack hooks around one block's forward; in an int4 block with an activation
+        exception, also a module pre-hook that notes the input storage of every activation module."""
+        watch = self.quant is not None and self.quant.bits == 4 and self.quant.activation_bits != 4
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(self._note_activation) if watch else None
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
+                yield self
+        finally:
+            if handle is not None:
+                handle.remove()
+
+    def _note_activation(self, module, args):
+        if args and isinstance(args[0], torch.Tensor) and _is_activation(module):
+            storage = args[0].untyped_storage()
+            self._activation_inputs[id(storage)] = weakref.ref(storage)
+
+    def _is_activation_input(self, t: torch.Tensor) -> bool:
+        storage = t.untyped_storage()
+        ref = self._activation_inputs.get(id(storage))
+        return ref is not None and ref() is storage
 
     # -- hooks ------------------------------------------------------------------------------
     def pack(self, t: torch.Tensor):
-        if t.untyped_storage().data_ptr() in self.param_storages:
+        """Store ``t`` once per storage: a view of a storage already packed in this step reuses
+        that packed result (same geometry) or re-views its packed whole; bytes count storages."""
+        storage = t.untyped_storage()
+        if storage.data_ptr() in self.param_storages:
             return _Param(t)
-        entry = self._seen.get(id(t))
-        if entry is not None:
-            ref, version, packed = entry
-            if ref() is t and t._version == version:
-                return packed  # the same tensor saved again: store it once
-        packed = self._pack_new(t)
-        try:
-            self._seen[id(t)] = (weakref.ref(t), t._version, packed)
-        except TypeError:  # tensor subclasses without weakref support: no dedup
-            pass
+        entry = self._entry(t, storage)
+        key = _geometry(t)
+        packed = entry.lookup(key)
+        if packed is not None:
+            return packed  # the same view saved again (q, k and v LoRA all save the block input)
+        whole = None if entry.whole is None else entry.whole()
+        if whole is not None and key[3] == _dtype(whole):
+            if isinstance(whole, torch.Tensor):
+                return t  # the raw storage is kept already: this view holds nothing more
+            packed = _View(whole, t)  # re-view the packed (quantized) whole on unpack
+        else:
+            packed = self._pack_new(t, entry, storage.nbytes())
+        entry.remember(key, packed, _covers(t, storage.nbytes()))
         return packed
 
-    def _pack_new(self, t: torch.Tensor):
-        raw = t.numel() * t.element_size()
-        b = self.bytes
-        b.raw_bytes += raw
-        b.tensors += 1
-        reason = self._skip_reason(t)
+    def _entry(self, t: torch.Tensor, storage) -> _Storage:
+        root = t if t._base is None else t._base
+        entry = self._seen.get(id(storage))
+        if entry is not None and entry.storage() is storage:
+            if entry.root() is root and root._version == entry.version:
+                return entry
+            # the same storage through another alias, or changed in place: nothing packed is
+            # reused, but the storage is still counted once
+            fresh = _Storage(storage, root)
+            fresh.raw_held = entry.raw_held
+            self._seen[id(storage)] = fresh
+            return fresh
+        entry = _Storage(storage, root)
+        self._seen[id(storage)] = entry
+        self.bytes.raw_bytes += storage.nbytes()  # a storage the step has not counted yet
+        self.bytes.tensors += 1
+        return entry
+
+    def _pack_new(self, t: torch.Tensor, entry: _Storage, storage_nbytes: int):
+        reason = self._skip_reason(t, storage_nbytes)
         if reason is not None:
-            if self.quant is None:
-                b.kept_bytes += raw
-                return t
-            return self._keep(t, raw, reason)
+            return self._keep(t, entry, storage_nbytes, reason)
+        quant = self.quant
+        if quant.two_valued:
+            exact = stored.two_valued(t)  # CPU dropout masks: one bit per element, exactly
+            if exact is not None:
+                self.bytes.kept_bytes += exact.nbytes
+                self.bytes.quantized_tensors += 1
+                return exact
         # one call, one pass: the keep-raw and sqrt-grid decisions come out of the quantizer's own
         # per-group min/max, as device tensors (no host synchronisation)
-        quant = self.quant
+        param_dtype = quant.param_dtype()  # an int4 block's exceptions keep its 16-bit scales too
         if quant.bits == 4 and t.dim() > 0 and t.shape[-1] in self.head_dims:
             quant = dataclasses.replace(quant, bits=quant.head_bits)  # q, k, v in head layout
+        elif quant.bits == 4 and self._is_activation_input(t):
+            quant = dataclasses.replace(quant, bits=quant.activation_bits)  # GELU / SiLU input
         x, flags = stored.prepare(t.detach(), quant.group_size, quant.rotates(), _huge_limit(t.dtype))
         q, keep_raw = self._quantizer.quantize_saved(
             x, quant.bits, quant.group_size, stochastic=quant.stochastic,
             generator=self.generator, sqrt_nonnegative=quant.sqrt_nonnegative, limit=_huge_limit(t.dtype))
-        q = stored.store(q, flags, t.dtype, quant.param_dtype())  # 16-bit scales, rotation flags
+        q = stored.store(q, flags, t.dtype, param_dtype)  # 16-bit scales, rotation flags
         if keep_raw.device.type != "cpu":  # decided later, when the device has run the kernel
-            return self._defer(t, q, keep_raw)
-        return self._settled(t, q, bool(keep_raw))
+            return self._defer(t, q, keep_raw, entry, storage_nbytes)
+        return self._settled(t, q, bool(keep_raw), entry, storage_nbytes)
 
-    def _settled(self, t: torch.Tensor, q: QuantizedTensor, keep_raw: bool):
+    def _settled(self, t: torch.Tensor, q: QuantizedTensor, keep_raw: bool, entry: _Storage, storage_nbytes: int):
         if keep_raw:  # non-finite, or a mask filled with the dtype minimum
-            return self._keep(t, t.numel() * t.element_size(), "non-finite or huge")
+            return self._keep(t, entry, storage_nbytes, "non-finite or huge")
         self.bytes.kept_bytes += q.nbytes
         self.bytes.quantized_tensors += 1
         return q
 
-    def _defer(self, t: torch.Tensor, q: QuantizedTensor, keep_raw: torch.Tensor) -> "_Deferred":
-        entry = _Deferred(t, q, keep_raw)
-        self._pending.append(entry)
+    def _defer(self, t: torch.Tensor, q: QuantizedTensor, keep_raw: torch.Tensor, entry: _Storage,
+               storage_nbytes: int) -> "_Deferred":
+        d = _Deferred(t, q, keep_raw)
+        self._pending.append((d, entry, storage_nbytes))
         self.settle(wait=False)
-        return entry
+        return d
 
     def settle(self, wait: bool = True) -> BlockBytes:
         """Decide every deferred tensor whose flag has reached the host (all of them, waiting for
         the device, when ``wait``): drop its raw or its quantized copy and count what stays."""
         while self._pending:
-            entry = self._pending[0]
-            if not entry.event.query():
+            d, entry, storage_nbytes = self._pending[0]
+            if not d.event.query():
                 if not wait:
                     break
-                entry.event.synchronize()
+                d.event.synchronize()
             self._pending.popleft()
-            if self._settled(entry.raw, entry.q, bool(entry.host_flag)) is entry.raw:
-                entry.q = None
+            if self._settled(d.raw, d.q, bool(d.host_flag), entry, storage_nbytes) is d.raw:
+                d.q = None
             else:
-                entry.raw = None
-            entry.flag = None
+                d.raw = None
+            d.flag = None
         return self.bytes
 
-    def _keep(self, t: torch.Tensor, raw: int, reason: str) -> torch.Tensor:
-        self.bytes.skipped[reason] = self.bytes.skipped.get(reason, 0) + 1
-        self.bytes.kept_bytes += raw
+    def _keep(self, t: torch.Tensor, entry: _Storage, storage_nbytes: int, reason: str) -> torch.Tensor:
+        """Keep ``t`` as it is: its storage counts once, however many views of it are kept."""
+        if reason != "not quantized":
+            self.bytes.skipped[reason] = self.bytes.skipped.get(reason, 0) + 1
+        if not entry.raw_held:
+            entry.raw_held = True
+            self.bytes.kept_bytes += storage_nbytes
         return t
 
-    def _skip_reason(self, t: torch.Tensor) -> str | None:
+    def _skip_reason(self, t: torch.Tensor, storage_nbytes: int) -> str | None:
         if self.quant is None:
             return "not quantized"
+        if t.numel() * t.element_size() > storage_nbytes:
+            return "overlapping view"  # e.g. an expanded mask: its codes would outweigh the storage
         if not t.is_floating_point():
             return "non-float"
         if t.numel() < self.quant.min_numel:
@@ -264,8 +333,13 @@ class SavedTensorPolicy:
     def unpack(self, packed):
         if isinstance(packed, _Param):
             return packed.tensor
+        if isinstance(packed, _View):
+            whole = self.unpack(packed.whole).contiguous()
+            return whole.as_strided(packed.size, packed.stride, whole.storage_offset() + packed.offset)
         if isinstance(packed, stored.StoredTensor):
             return stored.restore(packed, self._quantizer.dequantize)
+        if isinstance(packed, stored.TwoValued):
+            return stored.restore_two_valued(packed)
         if isinstance(packed, _Deferred):
             self.settle(wait=False)
             if packed.q is None:

@@ -20,20 +20,24 @@ Per block, with h = hidden, m = MLP width, H/K = query/key-value heads, dh = hea
 r = LoRA rank, e = bytes per element of the compute dtype, n = B * s tokens:
 
     input RMSNorm     n*h fp32 (the upcast input) + n fp32 (rsqrt)   -- not in the lowest block
-    q, k, v LoRA      3 * n*h*e (one view of the normed input each) + 3 * n*r*e (LoRA A outputs)
+    q, k, v LoRA      n*h*e (three views of one storage, the normed input: stored once)
+                      + 3 * n*r*e (LoRA A outputs)
     rotary            2 * s*dh*e (cos, sin: batch-independent)
-    attention, fused  n*H*dh*e (q) + 2 * n*K*dh*e (k, v) + n*H*dh*e (out) + n*H fp32 (logsumexp)
-    attention, math   3 * n*H*dh fp32 (q, k^T, v; k and v repeated to H heads) + 2 * n*H*s fp32
-                      (the probabilities, saved by the softmax and again as a view by the matmul)
-    o LoRA            n*H*dh*e + n*r*e
+    attention, fused  n*H*dh*e (q) + 2 * n*K*dh*e (k, v) + n*H*dh*e (out, which is also o's input)
+                      + n*H fp32 (logsumexp); in a quantized block out is packed twice, as SDPA's
+                      head-layout view and as o's whole input (measured; raw counts it once)
+    attention, math   3 * n*H*dh fp32 (q, k^T, v; k and v repeated to H heads) + n*H*s fp32
+                      (the probabilities, saved by the softmax and, as a view, by the matmul: once)
+    o LoRA            n*H*dh*e (math only; fused: the attention output above) + n*r*e
     post RMSNorm      n*h fp32 + n fp32
-    gate, up LoRA     2 * n*h*e + 2 * n*r*e
+    gate, up LoRA     n*h*e (two views of the normed input: once) + 2 * n*r*e
     SwiGLU            4 * n*m*e (gate out, silu out, up out, their product = down's input)
     down LoRA         n*r*e
 
 Outside the blocks (causal LM, depth >= 1): final RMSNorm n*h fp32 + n fp32; the fp32 log-softmax
 of the logits n*V*4 (the largest single tensor at vocabulary 32000); the targets n int64 and a
-scalar. At depth 0 nothing is trainable, nothing is saved.
+scalar. At depth 0 nothing is trainable, nothing is saved. The step's transient beyond all that
+(the profile's workspace; `step_transient_bytes`) is logits-sized too: 2 * n*V*4 at depth >= 1.
 
 Attention comes in two kinds. "fused" is what LLaMA-family blocks run on CPU (SDPA's flash
 kernel: no s x s probabilities). "math" is what fedquad's runtime forces for trainable blocks on
@@ -55,6 +59,7 @@ from dataclasses import dataclass, field
 from fedquad.costmodel.profile import (ADAMW_STATE_FACTOR, PROFILE_BITS, BlockProfile, HeadProfile, Profile,
                                        profile_document, profile_from_dict)
 from fedquad.errors import FedquadError
+from fedquad.plan import DEFAULT_GROUP_SIZE
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 FAMILIES = ("llama", "mistral", "qwen2")
@@ -138,6 +143,7 @@ class SavedTensor:
     itemsize: int
     last_dim: int
     what: str
+    kept_only: bool = False  # a second packed copy of a storage counted once raw (quantized blocks only)
 
     @property
     def nbytes(self) -> int:
@@ -159,21 +165,22 @@ def block_inventory(shape: DecoderShape, batch: int, seq: int, dtype_bytes: int,
     if not lowest:
         out += [t(n * h, 4, h, "input norm: fp32 input"),
                 t(n, 4, 1, "input norm: rsqrt")]
-    out += [t(n * h, e, h, f"{p}_proj LoRA input") for p in "qkv"]
+    out += [t(n * h, e, h, "q/k/v_proj LoRA input (one storage)")]
     out += [t(n * r, e, r, f"{p}_proj LoRA A output") for p in "qkv"]
     out += [t(seq * dh, e, dh, "rotary cos"), t(seq * dh, e, dh, "rotary sin")]
     if attention == "fused":
         out += [t(n * H * dh, e, dh, "attention q"), t(n * K * dh, e, dh, "attention k"),
-                t(n * K * dh, e, dh, "attention v"), t(n * H * dh, e, dh, "attention output"),
+                t(n * K * dh, e, dh, "attention v"), t(n * H * dh, e, dh, "attention output = o_proj LoRA input"),
+                t(n * H * dh, e, H * dh, "o_proj LoRA input, packed again in a quantized block", kept_only=True),
                 t(n * H, 4, seq, "attention logsumexp")]
-    else:  # math: computed in fp32 with k/v repeated to H heads; the probabilities are saved twice
-        # (by the softmax and, as a reshaped view the accounting counts again, by the matmul with v)
+    else:  # math: computed in fp32 with k/v repeated to H heads; the probabilities are saved by the
+        # softmax and, as a reshaped view of the same storage (stored once), by the matmul with v
         out += [t(n * H * dh, 4, seq, "attention k^T (fp32, H heads)"), t(n * H * dh, 4, dh, "attention q (fp32)"),
                 t(n * H * seq, 4, seq, "attention probabilities (fp32)"), t(n * H * dh, 4, dh, "attention v (fp32)"),
-                t(n * H * seq, 4, seq, "attention probabilities, view for the matmul with v")]
-    out += [t(n * H * dh, e, H * dh, "o_proj LoRA input"), t(n * r, e, r, "o_proj LoRA A output")]
+                t(n * H * dh, e, H * dh, "o_proj LoRA input")]
+    out += [t(n * r, e, r, "o_proj LoRA A output")]
     out += [t(n * h, 4, h, "post-attention norm: fp32 input"), t(n, 4, 1, "post-attention norm: rsqrt")]
-    out += [t(n * h, e, h, f"{p}_proj LoRA input") for p in ("gate", "up")]
+    out += [t(n * h, e, h, "gate/up_proj LoRA input (one storage)")]
     out += [t(n * r, e, r, f"{p}_proj LoRA A output") for p in ("gate", "up")]
     out += [t(n * m, e, m, w) for w in ("gate output (silu input)", "silu output", "up output",
                                         "down_proj LoRA input")]
@@ -187,6 +194,21 @@ def outside_inventory(shape: DecoderShape, batch: int, seq: int) -> list[SavedTe
     return [t(n * shape.hidden, 4, shape.hidden, "final norm: fp32 input"), t(n, 4, 1, "final norm: rsqrt"),
             t(n * shape.vocab, 4, shape.vocab, "log-softmax of the fp32 logits"), t(n, 8, n, "targets (int64)"),
             t(1, 4, 1, "loss normaliser")]
+
+
+def step_transient_bytes(shape: DecoderShape, batch: int, seq: int, dtype_bytes: int, depth0: bool = False) -> int:
+    """The step's peak beyond saved activations, gradients and optimizer state (the profile's
+    workspace), for a causal LM: logits-sized tensors. With any block trainable the peak comes as
+    backward starts: two n x V fp32 tensors live besides the saved log-softmax (the loss's
+    gradient through log-softmax and the upcast). At depth 0 nothing trains and the loss runs
+    without a graph: the logits in the compute dtype, their fp32 upcast (none in fp32: `.float()`
+    returns the tensor itself) and the log-softmax, plus a few hidden-size tensors (4 n x h fp32).
+    Measured on tiny-llama-lm (fp32, 16 x 64) and llama-1b (bf16, 1 x 128 and wider;
+    benchmarks/step_peak.py, docs/bench_step_peak.md)."""
+    n, nv = batch * seq, batch * seq * shape.vocab
+    if not depth0:
+        return 2 * nv * 4
+    return nv * dtype_bytes + (nv * 4 if dtype_bytes != 4 else 0) + nv * 4 + 4 * n * shape.hidden * 4
 
 
 def packed_bytes(numel: int, bits: int, group_size: int) -> int:
@@ -213,7 +235,7 @@ def kept_bytes(tensors: list[SavedTensor], bits: int, group_size: int, rank: int
 
 
 def estimate_profile(shape: DecoderShape, *, batch_size: int, seq_len: int, dtype: str = "bfloat16",
-                     lora_rank: int = 8, group_size: int = 128, model: str = "estimate",
+                     lora_rank: int = 8, group_size: int = DEFAULT_GROUP_SIZE, model: str = "estimate",
                      timing_from: tuple[dict, DecoderShape] | None = None, attention: str = "fused") -> dict:
     """The profile document (costmodel.profile's format) of `shape`, its bytes from the inventory.
 
@@ -231,7 +253,7 @@ def estimate_profile(shape: DecoderShape, *, batch_size: int, seq_len: int, dtyp
     e = DTYPE_BYTES[dtype]
     mid = block_inventory(shape, batch_size, seq_len, e, lora_rank, attention=attention)
     low = block_inventory(shape, batch_size, seq_len, e, lora_rank, lowest=True, attention=attention)
-    saved, saved_low = sum(x.nbytes for x in mid), sum(x.nbytes for x in low)
+    saved, saved_low = sum(x.nbytes for x in mid if not x.kept_only), sum(x.nbytes for x in low if not x.kept_only)
     kept = {b: kept_bytes(mid, b, group_size, lora_rank, head_dim=shape.dh) for b in PROFILE_BITS}
     kept_low = {b: kept_bytes(low, b, group_size, lora_rank, head_dim=shape.dh) for b in PROFILE_BITS}
     adapter_block = shape.lora_parameters_per_block(lora_rank) * e
@@ -246,7 +268,8 @@ def estimate_profile(shape: DecoderShape, *, batch_size: int, seq_len: int, dtyp
         dtype=dtype_name, device=times["device"], group_size=group_size, machine_gflops=times["machine_gflops"],
         frozen_weight_bytes=shape.parameters() * e, adapter_bytes=adapter_block * shape.layers,
         head_adapter_bytes=0, optimizer_bytes_per_trainable_byte=ADAMW_STATE_FACTOR,
-        workspace_bytes=saved, embedding_forward_s=0.0,
+        workspace_bytes=step_transient_bytes(shape, batch_size, seq_len, e),
+        workspace_bytes_depth0=step_transient_bytes(shape, batch_size, seq_len, e, depth0=True), embedding_forward_s=0.0,
         head=HeadProfile(saved_bytes=sum(x.nbytes for x in outside_inventory(shape, batch_size, seq_len)),
                          saved_bytes_depth0=0, forward_s=times["head_forward_s"], backward_s=0.0),
         blocks=blocks, kept_ratio={b: kept[b] / saved for b in PROFILE_BITS})

@@ -10,9 +10,20 @@ and serialises it here; it never writes the fields by hand.
 Versions: 2 adds, per block, the bytes it saves as the lowest trainable block
 (`saved_bytes_lowest`, `kept_bytes_lowest`). A version-1 file is upgraded on reading, with those
 equal to the ordinary per-block bytes (which can over-state a plan by the part of one block's
-input that needs no gradient); `Profile.upgraded` says so. Every problem with a file is a
+input that needs no gradient); `Profile.upgraded` says so. 3 makes `workspace_bytes` the
+*measured* transient of the whole step (its peak minus saved activations, gradients and
+optimizer state; `workspace_bytes_depth0` the same at depth 0), and adds `lengths`: the
+shape-dependent fields measured again at other sequence lengths (same batch size), from which
+costmodel/shape.py fits per-block terms linear and quadratic in the length. A version-2 file
+reads with no extra lengths (bytes and times then scale with the batch's tokens) and its
+workspace estimate (one block's saved activations) standing in for the measured one. Every problem with a file is a
 FedquadError whose one-line message names the file and the field, because the profile is
 hand-editable and the planner's answers are only as good as these numbers.
+
+Recompute (optional per-block fields, no version change): `input_bytes` and `input_kept_bytes`
+are what a block stores when it runs under activation checkpointing (its input, at full precision
+or quantized). A file without them reads as before; its cost model then has no recompute plans
+(`Profile.supports_recompute` is False) and says so when asked for one.
 
 Shipped profiles (resources/profiles/NAME.json) can be named instead of given by path.
 Pure Python: no torch.
@@ -30,14 +41,14 @@ from typing import Any
 
 from fedquad.errors import FedquadError
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 PROFILE_DIR = "resources/profiles"
 PROFILE_BITS = (8, 4)
 ADAMW_STATE_FACTOR = 3.0  # gradient + exp_avg + exp_avg_sq per trainable byte (AdamW, fp32 state)
 # Sections a writer may add beside the cost-model fields: kept in the file for people and tools
 # (what was measured and how), ignored by the cost model. Anything else is a typo or a new field.
-INFO_SECTIONS = ("task", "measured_step_s", "timing", "estimate")
+INFO_SECTIONS = ("task", "measured_step_s", "timing", "estimate", "step_peak")
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,10 @@ class BlockProfile:
                 "None = saved_bytes"})
     kept_bytes_lowest: dict[int, int] | None = field(default=None, metadata={
         "help": "bits -> kept bytes when this is the lowest trainable block and quantized; None = kept_bytes"})
+    input_bytes: int | None = field(default=None, metadata={
+        "help": "recompute: bytes stored when the block is checkpointed (its inputs, exact); None = not measured"})
+    input_kept_bytes: dict[int, int] | None = field(default=None, metadata={
+        "help": "recompute: bits -> bytes stored when checkpointed with a quantized input; None = not measured"})
 
     def __post_init__(self) -> None:
         if self.saved_bytes_lowest is None:
@@ -72,6 +87,20 @@ class HeadProfile:
 
 
 @dataclass(frozen=True)
+class LengthPoint:
+    """The shape-dependent fields of a profile measured at another sequence length (same batch size)."""
+    seq_len: int = field(metadata={"help": "tokens per example of this measurement"})
+    workspace_bytes: int = field(metadata={"help": "measured step transient at this length (see Profile)"})
+    embedding_forward_s: float = field(metadata={"help": "embedding forward time at this length"})
+    head: HeadProfile = field(metadata={"help": "what lies outside the blocks, at this length"})
+    blocks: tuple[BlockProfile, ...] = field(metadata={"help": "per-block measurements at this length"})
+    workspace_bytes_depth0: int | None = field(default=None, metadata={
+        "help": "measured step transient at depth 0 at this length; None = workspace_bytes"})
+    workspace_bytes_quantized: int | None = field(default=None, metadata={
+        "help": "measured step transient of plans with quantized blocks at this length; None = workspace_bytes"})
+
+
+@dataclass(frozen=True)
 class Profile:
     model: str = field(metadata={"help": "model preset name"})
     family: str = field(metadata={"help": "architecture family (bert, llama, ...)"})
@@ -86,14 +115,28 @@ class Profile:
     adapter_bytes: int = field(metadata={"help": "bytes of the whole global adapter = download size"})
     head_adapter_bytes: int = field(metadata={"help": "bytes trainable at every depth (task head)"})
     optimizer_bytes_per_trainable_byte: float = field(metadata={"help": "gradient + optimizer state per byte"})
-    workspace_bytes: int = field(metadata={"help": "transient peak beyond the saved activations"})
+    workspace_bytes: int = field(metadata={
+        "help": "the step's transient peak beyond saved activations, gradients and optimizer state (measured "
+                "since schema 3: logits and their fp32 copies and gradients, no_grad attention scores, workspace)"})
     embedding_forward_s: float = field(metadata={"help": "embedding forward time"})
     head: HeadProfile = field(metadata={"help": "what lies outside the blocks"})
     blocks: tuple[BlockProfile, ...] = field(metadata={"help": "per-block measurements, index order"})
     kept_ratio: dict[int, float] = field(default_factory=dict, metadata={"help": "kept/raw ratio per bits (info)"})
+    workspace_bytes_depth0: int | None = field(default=None, metadata={
+        "help": "the step's transient at depth 0 (nothing trains but the head); None = workspace_bytes"})
+    workspace_bytes_quantized: int | None = field(default=None, metadata={
+        "help": "the step's transient when blocks are quantized (backward dequantizes a block's activations "
+                "while it runs); None = workspace_bytes"})
+    lengths: tuple[LengthPoint, ...] = field(default=(), metadata={
+        "help": "the shape-dependent fields at other sequence lengths (schema 3); empty = scale with tokens"})
     source: str = field(default="<dict>", compare=False, metadata={"help": "where the profile came from (messages)"})
     upgraded: tuple[str, ...] = field(default=(), compare=False, metadata={
         "help": "what reading an older schema version filled in, one line each (empty: read as written)"})
+
+    @property
+    def supports_recompute(self) -> bool:
+        """Every block has its checkpointed (recompute) bytes: the cost model can price recompute plans."""
+        return all(b.input_bytes is not None and b.input_kept_bytes is not None for b in self.blocks)
 
 
 def list_profiles() -> list[str]:
@@ -139,7 +182,7 @@ def upgrade_profile_dict(data: dict, source: str = "<dict>") -> tuple[dict, tupl
     if version is None:
         r.fail("schema_version", f"is missing (expected {SCHEMA_VERSION})")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
-        readable = " and ".join(str(v) for v in READABLE_VERSIONS)
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS[:-1]) + f" and {READABLE_VERSIONS[-1]}"
         r.fail("schema_version",
                f"is {version!r}, this fedquad reads versions {readable}; re-run `fedquad profile`")
     notes = []
@@ -162,7 +205,15 @@ def _v1_to_v2(data: dict, r: "_Reader") -> tuple[dict, str]:
                   "in for them (a plan's memory may be over-stated by part of one block's input)")
 
 
-_UPGRADES = {1: _v1_to_v2}
+def _v2_to_v3(data: dict, r: "_Reader") -> tuple[dict, str]:
+    data.setdefault("lengths", [])
+    data["schema_version"] = 3
+    return data, ("schema version 2 -> 3: workspace_bytes is the old estimate (one block's saved activations), "
+                  "not the measured step transient, and there is one sequence length only (bytes and times "
+                  "scale with the batch's tokens); re-run `fedquad profile` for both")
+
+
+_UPGRADES = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
@@ -179,8 +230,7 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
     if len(blocks_data) != num_blocks:
         r.fail("blocks", f"has {len(blocks_data)} entries but num_blocks is {num_blocks}")
     blocks = tuple(_block(r, b, i) for i, b in enumerate(blocks_data))
-    head = r.obj(data, "head")
-    depth0 = head.get("saved_bytes_depth0")
+    head = _head(r, r.obj(data, "head"), "head.")
     kept_ratio = data.get("kept_ratio") or {}
     if not isinstance(kept_ratio, dict):
         r.fail("kept_ratio", f"must be an object, got {type(kept_ratio).__name__}")
@@ -196,22 +246,82 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> Profile:
         head_adapter_bytes=r.integer(data, "head_adapter_bytes"),
         optimizer_bytes_per_trainable_byte=r.number(data, "optimizer_bytes_per_trainable_byte"),
         workspace_bytes=r.integer(data, "workspace_bytes"), embedding_forward_s=r.number(data, "embedding_forward_s"),
-        head=HeadProfile(
-            saved_bytes=r.integer(head, "saved_bytes", "head."), forward_s=r.number(head, "forward_s", "head."),
-            backward_s=r.number(head, "backward_s", "head."),
-            saved_bytes_depth0=None if depth0 is None else r.integer(head, "saved_bytes_depth0", "head.")),
-        blocks=blocks,
+        head=head, blocks=blocks,
         kept_ratio={int(k): r.number(kept_ratio, k, "kept_ratio.") for k in kept_ratio if k in ("8", "4")},
+        workspace_bytes_depth0=_optional_int(r, data, "workspace_bytes_depth0", ""),
+        workspace_bytes_quantized=_optional_int(r, data, "workspace_bytes_quantized", ""),
+        lengths=_lengths(r, data, num_blocks, r.integer(data, "seq_len", minimum=1)),
         source=source, upgraded=upgraded,
     )
 
 
+def _optional_int(r: "_Reader", data: dict, key: str, prefix: str) -> int | None:
+    return None if data.get(key) is None else r.integer(data, key, prefix)
+
+
+def _head(r: "_Reader", head: dict, prefix: str) -> HeadProfile:
+    return HeadProfile(saved_bytes=r.integer(head, "saved_bytes", prefix), forward_s=r.number(head, "forward_s", prefix),
+                       backward_s=r.number(head, "backward_s", prefix),
+                       saved_bytes_depth0=_optional_int(r, head, "saved_bytes_depth0", prefix))
+
+
+def _lengths(r: "_Reader", data: dict, num_blocks: int, seq_len: int) -> tuple[LengthPoint, ...]:
+    items = r.get(data, "lengths")
+    if not isinstance(items, list):
+        r.fail("lengths", f"must be a list, got {type(items).__name__}")
+    out, seen = [], {seq_len}
+    for k, item in enumerate(items):
+        prefix = f"lengths[{k}]."
+        if not isinstance(item, dict):
+            r.fail(f"lengths[{k}]", f"must be an object, got {type(item).__name__}")
+        s = r.integer(item, "seq_len", prefix, minimum=1)
+        if s in seen:
+            r.fail(f"{prefix}seq_len", f"is {s}, a length the profile already has")
+        seen.add(s)
+        blocks = r.get(item, "blocks", prefix)
+        if not isinstance(blocks, list) or len(blocks) != num_blocks:
+            r.fail(f"{prefix}blocks", f"must list {num_blocks} blocks")
+        out.append(LengthPoint(
+            seq_len=s, workspace_bytes=r.integer(item, "workspace_bytes", prefix),
+            workspace_bytes_depth0=_optional_int(r, item, "workspace_bytes_depth0", prefix),
+            workspace_bytes_quantized=_optional_int(r, item, "workspace_bytes_quantized", prefix),
+            embedding_forward_s=r.number(item, "embedding_forward_s", prefix),
+            head=_head(r, r.obj(item, "head", prefix), f"{prefix}head."),
+            blocks=tuple(_block(r, b, i, prefix) for i, b in enumerate(blocks))))
+    return tuple(sorted(out, key=lambda p: p.seq_len))
+
+
+def _head_dict(h: HeadProfile) -> dict:
+    head = {"saved_bytes": h.saved_bytes, "forward_s": h.forward_s, "backward_s": h.backward_s}
+    if h.saved_bytes_depth0 is not None:
+        head["saved_bytes_depth0"] = h.saved_bytes_depth0
+    return head
+
+
+def _blocks_list(blocks) -> list:
+    return [{"index": b.index, "saved_bytes": b.saved_bytes,
+             "kept_bytes": {str(k): v for k, v in b.kept_bytes.items()},
+             "saved_bytes_lowest": b.saved_bytes_lowest,
+             "kept_bytes_lowest": {str(k): v for k, v in b.kept_bytes_lowest.items()},
+             "adapter_bytes": b.adapter_bytes,
+             "forward_s": b.forward_s, "backward_s": b.backward_s,
+             "quant_s": {str(k): v for k, v in b.quant_s.items()}, **_recompute_fields(b)} for b in blocks]
+
+
+def _length_dict(p: LengthPoint) -> dict:
+    out = {"seq_len": p.seq_len, "workspace_bytes": p.workspace_bytes}
+    for key in ("workspace_bytes_depth0", "workspace_bytes_quantized"):
+        if getattr(p, key) is not None:
+            out[key] = getattr(p, key)
+    out.update(embedding_forward_s=p.embedding_forward_s, head=_head_dict(p.head), blocks=_blocks_list(p.blocks))
+    return out
+
+
 def profile_to_dict(profile: Profile) -> dict:
     """The JSON form (current schema version); profile_from_dict(profile_to_dict(p)) == p."""
-    head = {"saved_bytes": profile.head.saved_bytes, "forward_s": profile.head.forward_s,
-            "backward_s": profile.head.backward_s}
-    if profile.head.saved_bytes_depth0 is not None:
-        head["saved_bytes_depth0"] = profile.head.saved_bytes_depth0
+    head = _head_dict(profile.head)
+    extra = {key: getattr(profile, key) for key in ("workspace_bytes_depth0", "workspace_bytes_quantized")
+             if getattr(profile, key) is not None}
     return {
         "schema_version": SCHEMA_VERSION, "model": profile.model, "family": profile.family,
         "num_blocks": profile.num_blocks, "batch_size": profile.batch_size, "seq_len": profile.seq_len,
@@ -219,16 +329,21 @@ def profile_to_dict(profile: Profile) -> dict:
         "machine_gflops": profile.machine_gflops, "frozen_weight_bytes": profile.frozen_weight_bytes,
         "adapter_bytes": profile.adapter_bytes, "head_adapter_bytes": profile.head_adapter_bytes,
         "optimizer_bytes_per_trainable_byte": profile.optimizer_bytes_per_trainable_byte,
-        "workspace_bytes": profile.workspace_bytes, "embedding_forward_s": profile.embedding_forward_s,
+        "workspace_bytes": profile.workspace_bytes, **extra, "embedding_forward_s": profile.embedding_forward_s,
         "head": head, "kept_ratio": {str(k): v for k, v in profile.kept_ratio.items()},
-        "blocks": [{"index": b.index, "saved_bytes": b.saved_bytes,
-                    "kept_bytes": {str(k): v for k, v in b.kept_bytes.items()},
-                    "saved_bytes_lowest": b.saved_bytes_lowest,
-                    "kept_bytes_lowest": {str(k): v for k, v in b.kept_bytes_lowest.items()},
-                    "adapter_bytes": b.adapter_bytes,
-                    "forward_s": b.forward_s, "backward_s": b.backward_s,
-                    "quant_s": {str(k): v for k, v in b.quant_s.items()}} for b in profile.blocks],
+        "blocks": _blocks_list(profile.blocks),
+        "lengths": [_length_dict(p) for p in profile.lengths],
     }
+
+
+def _recompute_fields(b: BlockProfile) -> dict:
+    """The optional recompute fields of a block, as written (absent when not measured)."""
+    out = {}
+    if b.input_bytes is not None:
+        out["input_bytes"] = b.input_bytes
+    if b.input_kept_bytes is not None:
+        out["input_kept_bytes"] = {str(k): v for k, v in b.input_kept_bytes.items()}
+    return out
 
 
 def profile_document(profile: Profile, **info: Any) -> dict:
@@ -251,16 +366,21 @@ def kept_ratio_of(blocks) -> dict[int, float]:
     return {bits: sum(b.kept_bytes[bits] for b in blocks) / saved if saved else 1.0 for bits in PROFILE_BITS}
 
 
-def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
-    prefix = f"blocks[{i}]."
+def _block(r: "_Reader", b: Any, i: int, outer: str = "") -> BlockProfile:
+    prefix = f"{outer}blocks[{i}]."
     if not isinstance(b, dict):
-        r.fail(f"blocks[{i}]", f"must be an object, got {type(b).__name__}")
+        r.fail(f"{outer}blocks[{i}]", f"must be an object, got {type(b).__name__}")
     index = r.integer(b, "index", prefix)
     if index != i:
         r.fail(f"{prefix}index", f"is {index}, expected {i} (blocks must be listed in index order)")
     kept = r.obj(b, "kept_bytes", prefix)
     quant = r.obj(b, "quant_s", prefix)
     kl = r.obj(b, "kept_bytes_lowest", prefix)
+    input_bytes = r.integer(b, "input_bytes", prefix) if b.get("input_bytes") is not None else None
+    input_kept = None
+    if b.get("input_kept_bytes") is not None:
+        ik = r.obj(b, "input_kept_bytes", prefix)
+        input_kept = {bits: r.integer(ik, str(bits), f"{prefix}input_kept_bytes.") for bits in PROFILE_BITS}
     return BlockProfile(
         index=index, saved_bytes=r.integer(b, "saved_bytes", prefix),
         kept_bytes={bits: r.integer(kept, str(bits), f"{prefix}kept_bytes.") for bits in PROFILE_BITS},
@@ -269,6 +389,7 @@ def _block(r: "_Reader", b: Any, i: int) -> BlockProfile:
         adapter_bytes=r.integer(b, "adapter_bytes", prefix), forward_s=r.number(b, "forward_s", prefix),
         backward_s=r.number(b, "backward_s", prefix),
         quant_s={bits: r.number(quant, str(bits), f"{prefix}quant_s.") for bits in PROFILE_BITS},
+        input_bytes=input_bytes, input_kept_bytes=input_kept,
     )
 
 

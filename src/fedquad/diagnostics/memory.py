@@ -1,8 +1,10 @@
 """`fedquad memory`: one real training step with a plan on generated input.
 
 Reports per block the raw and kept saved-activation bytes (exact, from the pack hooks), the
-step time, the process peak RSS, and the cosine similarity of every trained gradient against
-an unquantized step on the same batch (same dropout masks).
+step time, the whole step's peak memory above the resident model measured in the plan's own
+steps (diagnostics/step_peak.py) next to the cost model's prediction of it, the process peak RSS
+(a process-lifetime maximum, kept for reference only), and the cosine similarity of every trained
+gradient against an unquantized step on the same batch (same dropout masks).
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ class MemoryReport:
     warmup_s: float = 0.0  # quantizer build/compile before the timed steps (not in step_s)
     peak_rss_bytes: int = 0
     cuda_max_memory_allocated_bytes: int | None = None
+    measured_step_peak_bytes: int | None = None   # the plan's own steps, above the resident model
+    predicted_step_peak_bytes: int | None = None  # the cost model's figure for the same quantity
+    predicted_from: str | None = None             # which profile made the prediction
 
     @property
     def raw_bytes(self) -> int:
@@ -98,8 +103,13 @@ class MemoryReport:
             "raw_bytes": self.raw_bytes, "kept_bytes": self.kept_bytes,
             "kept_ratio": self.kept_bytes / self.raw_bytes if self.raw_bytes else 1.0,
             "outside_bytes": self.outside_bytes, "blocks": self.blocks,
+            # recompute: the largest set of activations one checkpointed block rebuilt in backward
+            "recompute_peak_bytes": max((b.get("recompute_bytes", 0) for b in self.blocks), default=0),
             "step_s": self.step_s, "reference_step_s": self.reference_step_s, "warmup_s": self.warmup_s,
             "peak_rss_bytes": self.peak_rss_bytes,
+            "measured_step_peak_bytes": self.measured_step_peak_bytes,
+            "predicted_step_peak_bytes": self.predicted_step_peak_bytes,
+            "predicted_from": self.predicted_from,
             "grad_cosine_min": min(cos) if cos else None,
             "grad_cosine_mean": sum(cos) / len(cos) if cos else None,
             "trained_tensors": len(cos),
@@ -107,6 +117,27 @@ class MemoryReport:
         if self.cuda_max_memory_allocated_bytes is not None:
             out["cuda_max_memory_allocated_bytes"] = self.cuda_max_memory_allocated_bytes
         return out
+
+
+def default_profile(adapted: AdaptedModel, batch_size: int, seq_len: int, quant: QuantSettings):
+    """The profile `fedquad memory` predicts with when none is given: a shipped profile of the same
+    model, dtype and group size at the current schema if there is one, else for a LLaMA-family decoder the config-only estimate
+    (costmodel/llm_estimate.py) at this shape; None otherwise."""
+    from fedquad.costmodel import list_profiles, load_profile
+    dtype = str(next(adapted.model.parameters()).dtype).replace("torch.", "")
+    for name in list_profiles():
+        p = load_profile(name)
+        if (p.model == adapted.name and p.dtype == dtype and p.num_blocks == adapted.num_blocks
+                and p.group_size == quant.group_size and not p.upgraded):  # an old profile's workspace is a guess
+            return p
+    if adapted.family in ("llama", "mistral", "qwen2") and adapted.task == "causal-lm":
+        from fedquad.costmodel.llm_estimate import DecoderShape, estimate_profile
+        from fedquad.costmodel.profile import profile_from_dict
+        shape = DecoderShape.from_config(adapted.model.config.to_dict(), adapted.family)
+        doc = estimate_profile(shape, batch_size=batch_size, seq_len=seq_len, dtype=dtype,
+                               lora_rank=adapted.lora_rank, group_size=quant.group_size, model=adapted.name)
+        return profile_from_dict(doc, source=f"config-only estimate of {adapted.name}")
+    return None
 
 
 def _peak_rss_bytes() -> int:
@@ -145,12 +176,15 @@ def _cosine(g: torch.Tensor, r: torch.Tensor) -> float:
 
 def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch.Tensor],
                  quant: QuantSettings = QuantSettings(), seed: int = 0,
-                 reference: tuple[float, dict[str, torch.Tensor]] | None = None, repeats: int = 1) -> MemoryReport:
+                 reference: tuple[float, dict[str, torch.Tensor]] | None = None, repeats: int = 1,
+                 profile=None, step_peak: bool = False) -> MemoryReport:
     """Measure one step of `plan` against the same step unquantized. `reference` may pass in an
     earlier unquantized result for the same depth (the sweep reuses it). With `repeats` > 1 the
     step times are medians of that many steps, the plan's and the reference's interleaved so that
     a busy machine slows both alike; bytes and gradients come from the last step (all identical).
-    Kernel compilation and a cold first step are kept out of the times (`warmup_s`)."""
+    Kernel compilation and a cold first step are kept out of the times (`warmup_s`).
+    With `step_peak` the plan's whole step peak is measured in its own two steps; with `profile`
+    (a costmodel Profile) the cost model's prediction of it at this batch's shape is reported too."""
     plan.validate_for(adapted.num_blocks)
     if repeats < 1:
         raise FedquadError(f"repeats must be at least 1, got {repeats}")
@@ -176,7 +210,9 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
     with PlanRuntime(adapted, plan, quant, seed=seed) as runtime:
         step_s = statistics.median(times + [_timed_step(adapted, runtime, batch, seed)])
         grads = _grads(runtime)
+        recomputed = runtime.recompute_bytes()  # recompute: the transient of each block's backward
         blocks = [{"index": i, "trainable": i in runtime.trainable, "quantized": i in runtime.quantized,
+                   "recomputed": i in runtime.recomputed, "recompute_bytes": recomputed[i],
                    "raw_bytes": b.raw_bytes, "kept_bytes": b.kept_bytes, "tensors": b.tensors,
                    "quantized_tensors": b.quantized_tensors, "skipped": dict(b.skipped)}
                   for i, b in enumerate(runtime.block_bytes())]
@@ -189,6 +225,16 @@ def probe_memory(adapted: AdaptedModel, plan: ClientPlan, batch: dict[str, torch
     for key, g in grads.items():
         r = ref_grads[key]
         report.grad_cosines[key] = _cosine(g, r)
+    if step_peak:
+        from fedquad.diagnostics.step_peak import measure_step_peak_bytes
+        report.measured_step_peak_bytes = measure_step_peak_bytes(adapted, plan, batch, quant, seed)
+    if profile is not None and plan.recompute_layers:
+        report.predicted_from = "none: the cost model does not model recomputed blocks"
+    elif profile is not None:
+        from fedquad.costmodel import cost_model_at
+        cm = cost_model_at(profile, report.batch_size, report.seq_len)
+        report.predicted_step_peak_bytes = int(round(cm.step_peak_bytes(plan)))
+        report.predicted_from = profile.source
     report.peak_rss_bytes = _peak_rss_bytes()
     if adapted.device.type == "cuda":
         report.cuda_max_memory_allocated_bytes = int(torch.cuda.max_memory_allocated())
@@ -213,7 +259,7 @@ def warm_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettin
 
 
 def reference_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantSettings, seed: int = 0):
-    """(step seconds, gradients) of the same depth with no quantized block."""
+    """(step seconds, gradients) of the same depth with no quantized and no recomputed block."""
     unquantized = ClientPlan(plan.depth, 0, plan.bits, plan.placement)
     adapted.model.train()  # dropout as in the measured step (a freshly loaded model is in eval mode)
     with PlanRuntime(adapted, unquantized, quant, seed=seed) as runtime:
@@ -222,8 +268,10 @@ def reference_step(adapted: AdaptedModel, plan: ClientPlan, batch, quant: QuantS
 
 
 def sweep(adapted: AdaptedModel, bits: int, batch, quant: QuantSettings = QuantSettings(), seed: int = 0,
-          placement: str = "bottom", progress=None) -> list[MemoryReport]:
-    """Every (depth, quant_layers) at `bits`."""
+          placement: str = "bottom", progress=None, recompute: bool = False, profile=None,
+          step_peak: bool = False) -> list[MemoryReport]:
+    """Every (depth, quant_layers) at `bits`; with `recompute` also, per depth, every number r of
+    recomputed blocks with full-precision inputs (q = 0) and with quantized inputs (q = r)."""
     reports = []
     full = ClientPlan(adapted.num_blocks, adapted.num_blocks, bits, placement)
     warm_up_quantizer(adapted, full, dataclasses.replace(quant, bits=bits))
@@ -232,7 +280,14 @@ def sweep(adapted: AdaptedModel, bits: int, batch, quant: QuantSettings = QuantS
     for depth in range(adapted.num_blocks + 1):
         ref = reference_step(adapted, ClientPlan(depth, 0, bits, placement), batch, quant, seed)
         for q in range(depth + 1):
-            reports.append(probe_memory(adapted, ClientPlan(depth, q, bits, placement), batch, quant, seed, ref))
+            reports.append(probe_memory(adapted, ClientPlan(depth, q, bits, placement), batch, quant, seed, ref,
+                                        profile=profile, step_peak=step_peak))
             if progress:
                 progress()
+        for r in range(1, depth + 1) if recompute else ():
+            for q in (0, r):
+                reports.append(probe_memory(adapted, ClientPlan(depth, q, bits, placement, r), batch, quant, seed, ref,
+                                            profile=profile, step_peak=step_peak))
+                if progress:
+                    progress()
     return reports

@@ -1,18 +1,27 @@
 """The fedquad ClientApp: one per SuperNode (device).
 
 * `query.profile`: report the node's device profile (node_config keys, else measured; see
-  `fedquad.flower.node`).
+  `fedquad.flower.node`) and, for a node with its own data (`data-path`), a summary of that
+  data -- example count, label histogram, token lengths -- never the data itself
+  (`fedquad.flower.localdata`). Unreadable data is a FedquadError: Flower sends it back as an
+  error reply, and the server runs the rounds without this node.
 * `train`: train the plan the server sent with the same function the simulator uses
-  (`fedquad.sim.round.train_assignment`), and reply with the trained tensors only plus metrics
-  (examples, loss, measured time, measured memory). A plan whose predicted memory exceeds the
-  node's budget is refused before training, with the reason, instead of running out of memory;
-  one whose measured saved activations exceed what is left is stopped after its first step and
-  reported as out of memory.
+  (`fedquad.sim.round.train_assignment`) on the node's own data (or, in the demo mode, its
+  `partition-id` shard of the run's data), and reply with the trained tensors only plus metrics
+  (examples, loss, measured time, measured memory) and the node-side time split of the round
+  (`timing`: ClientApp start, message decode, model load, data load/tokenise, training, upload
+  encode). A plan whose predicted memory exceeds the node's budget is refused before training,
+  with the reason; one whose measured saved activations exceed what is left is stopped after its
+  first step and reported as out of memory.
+* `evaluate`: Flower's federated evaluation: the global adapter on the node's local evaluation
+  split (only nodes that have one are asked, and only they load evaluation data).
 
-The base model and the tokenized data are cached per process. Under the SuperNode's default
-`subprocess` isolation Flower starts a fresh ClientApp process for every message, so there the
-cache only helps within a message; in the simulation engine (and any long-lived ClientApp
-process) it saves reloading the model every round.
+Under the SuperNode's default `subprocess` isolation Flower starts a fresh ClientApp process for
+every message, so in-process the imports and the model load are paid every round (tokens are
+cached on disk by content hash). With node_config `worker-socket` this app is a thin relay to the
+node's long-lived worker (`fedquad.flower.worker`), which keeps model and tokens in memory; this
+module imports no torch, so the relay pays only Python and Flower start-up. The work itself is in
+`fedquad.flower.nodework`, the same functions in both places.
 """
 
 from __future__ import annotations
@@ -24,145 +33,118 @@ import time
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedquad.flower.node import available_memory_bytes, budget_bytes, describe_node, node_settings
+from fedquad.flower.node import node_settings
+from fedquad.flower.nodework import finish_timing
 
 app = ClientApp()
-
-_CACHE: dict[tuple, tuple] = {}  # workload key -> (adapted, train tokens, train labels)
-_PARTS: dict[tuple, list] = {}  # (workload key, num partitions) -> index arrays
 
 
 def _log(context: Context, text: str) -> None:
     print(f"[fedquad node {context.node_id}] {text}", file=sys.stderr, flush=True)
 
 
-def _workload_key(config) -> tuple:
-    # The data settings decide the training set too (a held-out share is not trained on).
-    return (config.model, config.task, config.data_root, config.train_examples, config.eval_examples,
-            config.max_len, config.lora_rank, config.lora_alpha, config.seed, config.text_column,
-            config.text_pair_column, config.label_column, config.label_names, config.eval_split,
-            config.eval_file, config.eval_fraction)
+def _process_age_s() -> float:
+    """Seconds since this process was created: the ClientApp's start (interpreter, imports, Flower
+    pulling the message and installing the app) when called at the top of a handler."""
+    import psutil
+    return max(0.0, time.time() - psutil.Process(os.getpid()).create_time())
 
 
-def model_and_data(config):
-    """(adapted model, train tokens, train labels) for `config`, loaded once per process."""
-    from fedquad.sim.workload import load_model_and_data
-
-    key = _workload_key(config)
-    if key not in _CACHE:
-        adapted, train_tokens, _eval, labels = load_model_and_data(config)
-        _CACHE.clear()  # one workload per process: do not keep an old model alive
-        _PARTS.clear()
-        _CACHE[key] = (adapted, train_tokens, labels)
-    return _CACHE[key]
-
-
-def local_indices(config, labels, partition_id: int, num_partitions: int):
-    from fedquad.sim.workload import partition_examples
-
-    key = (_workload_key(config), num_partitions)
-    if key not in _PARTS:
-        _PARTS[key] = partition_examples(config, labels, num_partitions)
-    return _PARTS[key][partition_id]
+def _relay(context: Context, request: dict) -> tuple[dict | None, str]:
+    """The worker's reply to `request` ((None, why) without a worker or when it cannot be reached)."""
+    socket_path = node_settings(context.node_config)["worker-socket"]
+    if socket_path is None:
+        return None, ""
+    from fedquad.flower.worker import ask
+    reply, problem = ask(socket_path, {**request, "node_config": dict(context.node_config)})
+    if reply is None:
+        _log(context, f"worker {socket_path} {problem}; running this message in the ClientApp process")
+        return None, problem
+    if "error" in reply:
+        raise RuntimeError(f"node worker: {reply['error']}")
+    return reply, ""
 
 
 @app.query("profile")
 def query_profile(msg: Message, context: Context) -> Message:
-    """Reply with this node's device profile (budget, class, speed, links, data shard)."""
-    from fedquad.flower.codec import data_to_config
+    """Reply with this node's device profile (budget, class, speed, links, data summary)."""
+    from fedquad.flower.codec import config_to_data, data_to_config
 
     calibrate = bool(msg.content["query"].get("calibrate", True)) if "query" in msg.content else True
-    report = describe_node(context.node_config, calibrate=calibrate)
+    run = config_to_data(msg.content["run"]) if "run" in msg.content else None
+    reply, problem = _relay(context, {"kind": "profile", "run": run, "calibrate": calibrate})
+    if reply is not None:
+        report = {**reply["result"], "worker": "relayed"}
+    else:
+        from fedquad.flower.nodework import profile_report
+        report = profile_report(context.node_config, run, calibrate)
+        if problem:
+            report["worker"] = problem
     _log(context, f"profile: {report}")
     return Message(RecordDict({"profile": data_to_config(report)}), reply_to=msg)
 
 
-def _assignment(data: dict):
-    from fedquad.plan import ClientPlan, TrainOptions
-    from fedquad.strategies import Assignment
-
-    return Assignment(data["device_id"], ClientPlan.from_dict(data["plan"]), data.get("predicted_bytes"),
-                      data.get("predicted_time_s"), data.get("reason", ""), TrainOptions.from_dict(data.get("options")))
-
-
-def apply_fault(update: dict, fault: str) -> dict:
-    """Test hook: a malformed update of the requested kind."""
-    import torch
-
-    out = dict(update)
-    key = sorted(out)[0]
-    if fault == "nan":
-        bad = out[key].clone()
-        bad.view(-1)[0] = float("nan")
-        out[key] = bad
-    elif fault == "wrong-key":
-        out["not.an.adapter.key.weight"] = torch.zeros(2, 2)
-    elif fault == "wrong-shape":
-        out[key] = out[key].reshape(-1)[:-1].clone()
-    return out
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the plan in the message; reply with the trained tensors and measured metrics."""
-    from fedquad.client import QuantSettings
-    from fedquad.flower.codec import config_to_data, data_to_config, record_to_state, state_to_record
-    from fedquad.sim.config import from_dict
-    from fedquad.sim.round import train_assignment
+    """Train the plan in the message; reply with the trained tensors, metrics and time split."""
+    from fedquad.flower.codec import config_to_data, data_to_config
 
+    clientapp_start_s = _process_age_s()
     start = time.perf_counter()
-    settings = node_settings(context.node_config)
     ins = config_to_data(msg.content["plan"])
-    round_index = int(ins["round"])
-    config = from_dict(ins["config"], "plan message")
-    a = _assignment(ins["assignment"])
-    own_budget = settings["memory-budget-mb"] is not None or settings["memory-budget-fraction"] is not None
-    if not own_budget and ins.get("run_config_budget_bytes") is not None:
-        budget, budget_source = float(ins["run_config_budget_bytes"]), "run config node-budgets"
+    from fedquad.flower.worker import record_to_wire, wire_to_record
+    reply, problem = _relay(context, {"kind": "train", "ins": ins, "global": record_to_wire(msg.content["global"])})
+    if reply is not None:
+        result = reply["result"]
+        decoded = time.perf_counter()
+        record = None if reply["update"] is None else wire_to_record(reply["update"])
+        result["timing"]["upload_s"] += time.perf_counter() - decoded
+        result["timing"]["worker"] = "relayed"
     else:
-        budget, budget_source = budget_bytes(settings, ins.get("footprint_bytes"), available_memory_bytes())
-    result = {"status": "ok", "reason": "", "budget_bytes": budget, "budget_source": budget_source,
-              "examples": 0, "loss": None, "measured_bytes": None, "time_s": None, "pid": os.getpid()}
+        from fedquad.flower.codec import record_to_state, state_to_record
+        from fedquad.flower.nodework import train_work
+        global_state, problems = record_to_state(msg.content["global"])
+        if problems:
+            raise RuntimeError(f"malformed global adapter from the server: {problems[:3]}")
+        result, update = train_work(ins, global_state, context.node_config, lambda text: _log(context, text))
+        encoded = time.perf_counter()
+        record = None if update is None else state_to_record(update)
+        result["timing"]["upload_s"] = time.perf_counter() - encoded
+        if problem:
+            result["timing"]["worker"] = problem
+    result["total_time_s"] = time.perf_counter() - start
+    finish_timing(result["timing"], clientapp_start_s, time.perf_counter() - start)
+    content = RecordDict({"result": data_to_config(result, status=result["status"])})
+    if record is not None:
+        content["update"] = record
+        content["metrics"] = MetricRecord({"num-examples": int(result["examples"]),
+                                           "train-loss": float(result["loss"]),
+                                           "train-time-s": float(result["time_s"])})
+    return Message(content, reply_to=msg)
 
-    def reply(update: dict | None = None) -> Message:
-        result["total_time_s"] = time.perf_counter() - start
-        content = RecordDict({"result": data_to_config(result, status=result["status"])})
-        if update is not None:
-            content["update"] = state_to_record(update)
-            content["metrics"] = MetricRecord({"num-examples": int(result["examples"]),
-                                               "train-loss": float(result["loss"]),
-                                               "train-time-s": float(result["time_s"])})
-        return Message(content, reply_to=msg)
 
-    predicted = a.predicted_bytes
-    if predicted is not None and predicted > budget:
-        result["status"] = "refused"
-        result["reason"] = (f"refused plan {a.plan.describe()}: it needs {predicted / 2**20:.1f} MiB, this node's "
-                            f"budget is {budget / 2**20:.1f} MiB ({budget_source})")
-        _log(context, f"round {round_index}: {result['reason']}")
-        return reply()
-    if settings["partition-id"] is None:
-        raise RuntimeError("node_config needs partition-id and num-partitions (which shard of the data to train on)")
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation: the global adapter on this node's local evaluation split."""
+    from fedquad.flower.codec import config_to_data, data_to_config
 
-    adapted, train_tokens, labels = model_and_data(config)
-    indices = local_indices(config, labels, settings["partition-id"], settings["num-partitions"])
-    global_state, problems = record_to_state(msg.content["global"])
-    if problems:
-        raise RuntimeError(f"malformed global adapter from the server: {problems[:3]}")
-    train_start = time.perf_counter()
-    outcome = train_assignment(adapted, train_tokens, indices, config, QuantSettings(group_size=config.group_size),
-                               round_index, global_state, a, fixed_bytes=float(ins["fixed_bytes"]),
-                               budget_bytes=budget, time_s=None)
-    train_s = time.perf_counter() - train_start
-    result.update(status=outcome.status, reason=outcome.reason, examples=outcome.examples, loss=outcome.loss,
-                  measured_bytes=outcome.measured_bytes, time_s=train_s)
-    if outcome.status != "ok":
-        _log(context, f"round {round_index}: {a.plan.describe()} {outcome.status}: {outcome.reason}")
-        return reply()
-    update = dict(outcome.update)
-    if settings["fault"] and settings["fault-round"] in (None, round_index):
-        update = apply_fault(update, settings["fault"])
-        _log(context, f"round {round_index}: fault hook '{settings['fault']}' corrupts the update")
-    _log(context, f"round {round_index}: trained {a.plan.describe()} on {outcome.examples} examples, "
-                  f"loss {outcome.loss:.4f}, {train_s:.2f} s, {len(update)} tensors")
-    return reply(update)
+    clientapp_start_s = _process_age_s()
+    start = time.perf_counter()
+    ins = config_to_data(msg.content["plan"])
+    from fedquad.flower.worker import record_to_wire
+    reply, problem = _relay(context, {"kind": "evaluate", "ins": ins, "global": record_to_wire(msg.content["global"])})
+    if reply is not None:
+        result = reply["result"]
+    else:
+        from fedquad.flower.codec import record_to_state
+        from fedquad.flower.nodework import evaluate_work
+        global_state, problems = record_to_state(msg.content["global"])
+        if problems:
+            raise RuntimeError(f"malformed global adapter from the server: {problems[:3]}")
+        result = evaluate_work(ins, global_state, context.node_config, lambda text: _log(context, text))
+    finish_timing(result["timing"], clientapp_start_s, time.perf_counter() - start)
+    metrics = result["metrics"]
+    return Message(RecordDict({"result": data_to_config(result),
+                               "metrics": MetricRecord({"num-examples": int(metrics["examples"]),
+                                                        "accuracy": float(metrics["accuracy"]),
+                                                        "loss": float(metrics["loss"])})}), reply_to=msg)

@@ -9,16 +9,18 @@ record: it returns the problems, and the server turns them into a rejected updat
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+if TYPE_CHECKING:
+    import torch
 
 JSON_KEY = "json"
 
 
-def state_to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
+def state_to_record(state: Mapping[str, "torch.Tensor"]) -> ArrayRecord:
     """An adapter state (key -> tensor) as an ArrayRecord, keys and order kept."""
     record = ArrayRecord()
     for key, value in state.items():
@@ -26,8 +28,9 @@ def state_to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     return record
 
 
-def record_to_state(record: ArrayRecord) -> tuple[dict[str, torch.Tensor], list[str]]:
+def record_to_state(record: ArrayRecord) -> tuple[dict[str, "torch.Tensor"], list[str]]:
     """(tensors, problems): every array that decodes, and why the others do not."""
+    import torch  # lazily: the worker relay (fedquad.flower.worker) uses this module without torch
     state: dict[str, torch.Tensor] = {}
     problems: list[str] = []
     for key in list(record.keys()):
@@ -54,3 +57,15 @@ def config_to_data(record: ConfigRecord) -> dict:
     if not isinstance(data, dict):
         raise ValueError("JSON payload is not an object")
     return data
+
+
+def _destinations(messages: list[Message]) -> dict[str, int]:
+    """Message id -> destination node, for messages the grid has sent (it sets their ids)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
+
+
+def _replying_node(reply: Message, sent_to: dict[str, int]) -> int:
+    """The node a reply answers for. Errors the SuperLink makes itself (e.g. 'node unavailable'
+    for a node that went away) come from the SuperLink's own id: match them by the message they
+    reply to."""
+    return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)

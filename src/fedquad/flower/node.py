@@ -4,14 +4,19 @@ A device sets these `node_config` keys (`flower-supernode --node-config 'k=v k2=
 
 | key | meaning |
 |---|---|
-| `partition-id`, `num-partitions` | which shard of the run's training data this node trains on (required) |
+| `data-path` | this node's own training data: a file (.csv/.tsv/.jsonl/.json/.parquet) or a data folder, read with the run's column settings (`fedquad.flower.localdata`) |
+| `eval-path` | a local evaluation file for federated evaluation (optional) |
+| `eval-fraction` | hold out this seeded share of `data-path` for local evaluation instead (optional) |
+| `worker-socket` | the Unix socket of this node's long-lived worker (`python -m fedquad.flower.worker --socket PATH`): the ClientApp relays to it, and the model stays loaded between rounds |
+| `cache-dir` | where the node caches its tokenised data (default $FEDQUAD_NODE_CACHE or ~/.cache/fedquad/node) |
+| `partition-id`, `num-partitions` | demo mode instead of `data-path`: which shard of the run's training data this node trains on |
 | `memory-budget-mb` | memory the node may use for training, MiB (2**20 bytes) |
 | `memory-budget-fraction` | the same as a fraction of the run model's full-depth footprint (cost model) |
 | `device-class` | a catalog class (`jetson-tx2`, `orin-nano`, ...): sets the speed from its spec figures |
 | `power-mode` | a power mode of that class (default: the class default) |
 | `speed` | throughput relative to the machine the cost-model profile was measured on (overrides the class) |
 | `up-mbps`, `down-mbps` | link bandwidth in Mbit/s for the round-time model (default 100) |
-| `device-id` | a stable name for the planner's memory (default: `<device-class or node>-p<partition-id>`) |
+| `device-id` | a stable name for the planner's memory (default: `<device-class or node>-p<partition-id>`, with data-path `<...>-n<node id>`) |
 | `fault`, `fault-round` | test hook: return a malformed update (`nan`, `wrong-key`, `wrong-shape`), in every round or only round `fault-round` |
 
 Without a budget the node reports the memory available now (psutil); without `speed` and
@@ -31,7 +36,8 @@ from fedquad.errors import FedquadError
 MiB = 2 ** 20
 DEFAULT_LINK_MBPS = 100.0
 FAULTS = ("nan", "wrong-key", "wrong-shape")
-NODE_KEYS = ("partition-id", "num-partitions", "memory-budget-mb", "memory-budget-fraction", "device-class",
+NODE_KEYS = ("data-path", "eval-path", "eval-fraction", "cache-dir", "worker-socket", "partition-id", "num-partitions",
+             "memory-budget-mb", "memory-budget-fraction", "device-class",
              "power-mode", "speed", "up-mbps", "down-mbps", "device-id", "fault", "fault-round")
 
 
@@ -65,6 +71,11 @@ def _text(config: Mapping[str, Any], key: str) -> str | None:
 def node_settings(node_config: Mapping[str, Any]) -> dict:
     """The fedquad keys of a node_config, checked and typed (None where not set)."""
     out = {
+        "data-path": _text(node_config, "data-path"),
+        "eval-path": _text(node_config, "eval-path"),
+        "eval-fraction": _number(node_config, "eval-fraction"),
+        "cache-dir": _text(node_config, "cache-dir"),
+        "worker-socket": _text(node_config, "worker-socket"),
         "partition-id": _integer(node_config, "partition-id"),
         "num-partitions": _integer(node_config, "num-partitions"),
         "memory-budget-mb": _number(node_config, "memory-budget-mb"),
@@ -84,6 +95,15 @@ def node_settings(node_config: Mapping[str, Any]) -> dict:
         raise FedquadError("node_config needs both partition-id and num-partitions")
     if out["partition-id"] is not None and out["partition-id"] >= out["num-partitions"]:
         raise FedquadError(f"node_config partition-id {out['partition-id']} is outside 0..{out['num-partitions'] - 1}")
+    if out["data-path"] is not None and out["partition-id"] is not None:
+        raise FedquadError("node_config sets data-path and partition-id: a node trains on its own data (data-path) "
+                           "or on a shard of the run's data (partition-id, the demo mode), not both")
+    if out["eval-fraction"] is not None and not out["eval-fraction"] < 1:
+        raise FedquadError(f"node_config eval-fraction must be between 0 and 1, got {out['eval-fraction']!r}")
+    if out["eval-path"] is not None and out["eval-fraction"] is not None:
+        raise FedquadError("node_config sets eval-path and eval-fraction: choose one local evaluation split")
+    if (out["eval-path"] is not None or out["eval-fraction"] is not None) and out["data-path"] is None:
+        raise FedquadError("node_config eval-path / eval-fraction need data-path (the node's own data)")
     if out["fault"] is not None and out["fault"] not in FAULTS:
         raise FedquadError(f"node_config fault must be one of {', '.join(FAULTS)}, got {out['fault']!r}")
     if out["device-class"] is not None:
@@ -150,7 +170,7 @@ def device_from_report(report: Mapping[str, Any], *, node_id: int, profile, loca
     down = (report.get("down-mbps") or DEFAULT_LINK_MBPS) * 1e6 / 8
     device_id = report.get("device-id") or (
         f"{cls_name or 'node'}-p{report['partition-id']}" if report.get("partition-id") is not None
-        else f"node-{node_id}")
+        else f"{cls_name or 'node'}-n{node_id}")
     device = Device(device_id=device_id, device_class=cls_name or "unknown", budget_bytes=int(budget), speed=speed,
                     up_Bps=up, down_Bps=down, local_steps=local_steps, data_weight=float(data_weight),
                     power_mode=power_mode, base_budget_bytes=int(budget), base_speed=speed,

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from fedquad.errors import FedquadError
+from fedquad.flower.codec import _destinations, _replying_node
 from fedquad.flower.settings import ServerSettings
 from fedquad.sim.files import write_json_atomic
 
@@ -68,7 +69,10 @@ class FedquadServer:
             log(f"resuming {run_dir} at round {state.round_index} of {self.config.rounds}")
         elif config.profile is None and self.config.profile is not None:
             log(f"using {self.config.profile}, measured when this run was started before")
-        self.adapted, _train_tokens, self.eval_tokens, self.labels = load_model_and_data(self.config)
+        # The server's own evaluation data: run-config eval-data, else the task's evaluation split.
+        server_data = self.config.replace(eval_file=settings.eval_data) if settings.eval_data else self.config
+        self.adapted, _train_tokens, self.eval_tokens, self.labels = load_model_and_data(server_data)
+        self._vocabulary: dict | None = None
         started = time.perf_counter()
         self.profile = resolve_profile(self.config, self.adapted, run_dir, repeats=settings.profile_repeats)
         if self.config.profile is None:  # measured now: pin it so a resume plans with the same profile
@@ -86,6 +90,7 @@ class FedquadServer:
         self.unusable: dict[int, str] = {}  # node id -> why it cannot take part
         self.inflight: RoundInFlight | None = None
         self.pending_report: dict | None = None
+        self._eval_flight: tuple | None = None
         self._parts: dict[int, list] = {}
         self.recorder.start({"config": self.config.to_dict(), "server": settings.__dict__})
 
@@ -97,6 +102,19 @@ class FedquadServer:
     @property
     def history(self) -> list[dict]:
         return self.recorder.history
+
+    @property
+    def vocabulary(self) -> dict:
+        """Model head, num_labels and label vocabulary of the run's task: how a node with its own
+        data reads it (`fedquad.flower.localdata.server_vocabulary`)."""
+        if self._vocabulary is None:
+            from fedquad.flower.localdata import server_vocabulary
+            self._vocabulary = server_vocabulary(self.config)
+        return self._vocabulary
+
+    def _run_record(self) -> ConfigRecord:
+        from fedquad.flower.codec import data_to_config
+        return data_to_config({"config": self.config.to_dict(), "vocabulary": self.vocabulary})
 
     # -- nodes -----------------------------------------------------------------------------------
     def wait_for_nodes(self, grid: Grid) -> None:
@@ -115,6 +133,8 @@ class FedquadServer:
 
     def _data_weight(self, report: dict) -> float:
         from fedquad.sim.workload import partition_examples
+        if report.get("data-path") is not None:  # the node's own data: the count it reported
+            return float(report.get("examples") or 0)
         n, p = report.get("num-partitions"), report.get("partition-id")
         if n is None or p is None:
             return 0.0
@@ -147,7 +167,8 @@ class FedquadServer:
         new = sorted(connected - set(self.nodes) - set(self.unusable))
         if not new:
             return left
-        messages = [Message(RecordDict({"query": ConfigRecord({"calibrate": True})}), dst_node_id=n,
+        run = self._run_record()
+        messages = [Message(RecordDict({"query": ConfigRecord({"calibrate": True}), "run": run}), dst_node_id=n,
                             message_type="query.profile", group_id=f"profile-{round_index}") for n in new]
         replies = list(grid.send_and_receive(messages, timeout=self.settings.query_timeout))
         sent_to = _destinations(messages)
@@ -156,13 +177,15 @@ class FedquadServer:
         for reply in replies:
             node_id = _replying_node(reply, sent_to)
             answered.add(node_id)
-            if reply.has_error():
-                log(f"node {node_id}: profile query failed: {reply.error.reason}")
+            if reply.has_error():  # e.g. its data file is missing or malformed: the rounds go on without it
+                self.unusable[node_id] = f"profile query failed: {reply.error.reason}"
+                log(f"node {node_id} cannot take part: profile query failed: {reply.error.reason}")
                 continue
             try:
                 report = self._with_run_config_defaults(config_to_data(reply.content["profile"]))
-                if report.get("partition-id") is None:
-                    raise FedquadError("its node_config sets no partition-id / num-partitions (which data to train on)")
+                if report.get("partition-id") is None and report.get("data-path") is None:
+                    raise FedquadError("its node_config sets neither data-path (its own data) nor partition-id / "
+                                       "num-partitions (a shard of the run's data)")
                 device, sources = device_from_report(report, node_id=node_id, profile=self.profile,
                                                      local_steps=self.config.local_steps,
                                                      data_weight=self._data_weight(report))
@@ -178,7 +201,10 @@ class FedquadServer:
             self.nodes[node_id] = Node(node_id, report, device, sources)
             log(f"node {node_id} = {device.device_id}: budget {device.budget_bytes / 2**20:.1f} MiB "
                 f"({sources['budget']}), speed {device.speed:.3f} ({sources['speed']}), "
-                f"{device.data_weight:.0f} local examples")
+                f"{device.data_weight:.0f} local examples" + (
+                    f" (own data; token length p50/p90/max {report['length_p50_tokens']:.0f}/"
+                    f"{report['length_p90_tokens']:.0f}/{report['length_max_tokens']}, label histogram "
+                    f"{report.get('label_histogram')})" if report.get("data-path") is not None else ""))
         for node_id in new:
             if node_id not in answered:
                 log(f"node {node_id}: no profile reply within {self.settings.query_timeout:.0f} s")
@@ -193,7 +219,7 @@ class FedquadServer:
 
     def round_messages(self, left: list[str] | None = None) -> list[Message]:
         """Plan the next round over the known nodes; one train message per node with a plan."""
-        from fedquad.costmodel import cost_model
+        from fedquad.costmodel import cost_model, profile_to_dict
         from fedquad.flower.codec import data_to_config, state_to_record
         from fedquad.sim.round import begin_round
         from fedquad.strategies import RoundContext
@@ -201,7 +227,7 @@ class FedquadServer:
         r = self.state.round_index
         devices = [node.device for node in self.nodes.values()]
         ctx = RoundContext(r, self.profile, self.config.seed, self.adapted.lora_rank,
-                           {d.device_id: d.data_weight for d in devices})
+                           {d.device_id: d.data_weight for d in devices}, self.adapted.key_block)
         plan = begin_round(self.strategy, ctx, self.state, devices)
         flight = RoundInFlight(plan, started=time.perf_counter(), left=list(left or []))
         flight.nodes = {node.device.device_id: node.node_id for node in self.nodes.values()}
@@ -213,7 +239,10 @@ class FedquadServer:
             node_id = flight.nodes[a.device_id]
             ins = {"round": r, "assignment": a.to_dict(), "config": self.config.to_dict(),
                    "fixed_bytes": work.fixed_bytes, "predicted_bytes": work.predicted_bytes,
-                   "footprint_bytes": footprint, "predicted_time_s": work.time_s}
+                   "footprint_bytes": footprint, "predicted_time_s": work.time_s,
+                   "profile": profile_to_dict(self.profile)}  # the node predicts each step's peak from it
+            if self.nodes[node_id].report.get("data-path") is not None:  # it reads its own data as the server does
+                ins["vocabulary"] = self.vocabulary
             if self.nodes[node_id].report.get("budget-from-run-config"):  # the node has no budget of its own
                 ins["run_config_budget_bytes"] = work.device.budget_bytes
             content = RecordDict({"plan": data_to_config(ins, round=r, plan=a.plan.describe()),
@@ -256,6 +285,7 @@ class FedquadServer:
         """(device id -> outcome for every node sent a plan, device id -> the reply's node fields)."""
         from fedquad.flower.codec import config_to_data, record_to_state
         from fedquad.flower.node import with_budget
+        from fedquad.flower.nodereport import node_fields
         from fedquad.strategies import ClientOutcome
 
         by_node: dict[int, ClientOutcome] = {}
@@ -284,6 +314,9 @@ class FedquadServer:
                 node.device = with_budget(node.device, budget)
             extra[a.device_id] = {"node_id": node_id, "budget_source": result.get("budget_source"),
                                   "total_time_s": result.get("total_time_s"), "pid": result.get("pid")}
+            extra[a.device_id].update(node_fields(result, node.report if node is not None else {}))
+            if node is not None and "round_overhead_s" in extra[a.device_id]:  # latest measured, per node
+                node.report["round_overhead_s"] = extra[a.device_id]["round_overhead_s"]
             status = result.get("status")
             if status == "refused":
                 by_node[node_id] = ClientOutcome(a, "oom", result.get("reason", "refused"), budget_bytes=budget)
@@ -303,7 +336,8 @@ class FedquadServer:
                     by_node[node_id] = ClientOutcome(a, "rejected", "; ".join(problems), budget_bytes=budget)
                 else:
                     by_node[node_id] = ClientOutcome(a, "ok", "", update, examples, numbers["loss"],
-                                                     numbers["measured_bytes"], numbers["time_s"], budget)
+                                                     numbers["measured_bytes"], numbers["time_s"], budget,
+                                                     micro_batches=int(result.get("micro_batches") or 1))
         timeout = self.settings.round_timeout
         for node_id, work in flight.sent.items():
             if node_id not in by_node:  # missed the round: a lower bound of its time is what it was given
@@ -313,6 +347,23 @@ class FedquadServer:
         return {o.device_id: o for o in by_node.values()}, extra
 
     # -- evaluation, checkpoints, the end ---------------------------------------------------------
+    def evaluate_messages(self) -> list[Message]:
+        """Federated evaluation of the round just merged (`fedquad.flower.nodereport`)."""
+        from fedquad.flower.nodereport import evaluation_messages
+        messages, self._eval_flight = evaluation_messages(self)
+        return messages
+
+    def aggregate_evaluation(self, replies: Iterable[Message]) -> dict | None:
+        """Node metrics -> the example-weighted federated evaluation, into the round report."""
+        from fedquad.flower.nodereport import aggregate_evaluation
+        flight, self._eval_flight = self._eval_flight, None
+        out = aggregate_evaluation(self, flight, replies)
+        if out is not None and out["accuracy"] is not None:
+            log(f"round {self.pending_report['round']}: federated evaluation on "
+                f"{sum('failure' not in n for n in out['nodes'])} nodes, {out['examples']} examples: "
+                f"accuracy {out['accuracy']:.4f}")
+        return out
+
     def evaluate(self) -> dict:
         from fedquad.evaluation import evaluate
         return evaluate(self.adapted, self.state.global_state, self.eval_tokens, batch_size=64,
@@ -396,18 +447,6 @@ def reply_examples(result: dict) -> tuple[int | None, str | None]:
     """(the example count of a train reply, None) or (None, why it is unusable): the aggregation's rule."""
     from fedquad.aggregation import check_examples
     return check_examples(result.get("examples"))
-
-
-def _destinations(messages: list[Message]) -> dict[str, int]:
-    """Message id -> destination node, for messages the grid has sent (it sets their ids)."""
-    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages if m.metadata.message_id}
-
-
-def _replying_node(reply: Message, sent_to: dict[str, int]) -> int:
-    """The node a reply answers for. Errors the SuperLink makes itself (e.g. 'node unavailable'
-    for a node that went away) come from the SuperLink's own id: match them by the message they
-    reply to."""
-    return sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
 def _describe(plan: dict) -> str:

@@ -12,8 +12,12 @@ node for its device profile (`query.profile`); then per round, through Flower's 
   the simulator's `finish_round` then runs the strategy's own per-key merge (rejects are recorded
   with their reasons), its `observe` (measured time and memory into the planner) and writes the
   round report in the simulator's schema;
-* `evaluate_fn`: central evaluation on the dev split, then the round report is appended to the
-  history and a checkpoint written (atomic; Flower keeps none).
+* `configure_evaluate` / `aggregate_evaluate` (run-config `federated-eval`): nodes with a local
+  evaluation split evaluate the global adapter; the example-weighted result goes into the round
+  report as `federated_eval`;
+* `evaluate_fn`: central evaluation on the server's own data (the task's evaluation split, or
+  run-config `eval-data`), then the round report is appended to the history and a checkpoint
+  written (atomic; Flower keeps none).
 
 At the end the global adapter is saved with PEFT's `save_pretrained` in `<run-dir>/adapter`
 (`peft.PeftModel.from_pretrained(base_model, that_folder)` loads it). Flower's FedAvg
@@ -61,10 +65,14 @@ class FedquadStrategy(FlowerStrategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return []  # evaluation is central (evaluate_fn), on the server's dev split
+        return self.server.evaluate_messages()  # federated evaluation, when the run config asks for it
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
+        out = self.server.aggregate_evaluation(replies)
+        if out is None or out["accuracy"] is None:
+            return None
+        return MetricRecord({"accuracy": float(out["accuracy"]), "loss": float(out["loss"]),
+                             "num-examples": int(out["examples"])})
 
     def summary(self) -> None:
         c = self.server.config

@@ -38,6 +38,12 @@ class ServerSettings:
     node_budgets: str = field(default="", metadata={
         "help": "budgets for nodes whose node_config sets none (the simulation engine's nodes): fractions of "
                 "the model's full-depth footprint by partition-id, comma-separated, e.g. '0.7,0.85,1.1'"})
+    eval_data: str = field(default="", metadata={
+        "help": "a data file the server owns and evaluates the global adapter on (read with the task's label "
+                "vocabulary); empty = the task's evaluation split"})
+    federated_eval: bool = field(default=False, metadata={
+        "help": "also run Flower's federated evaluation: nodes with a local evaluation split (node_config eval-path, "
+                "eval-fraction or a data folder's dev split) evaluate the global adapter, weighted by examples"})
     node_classes: str = field(default="", metadata={
         "help": "device classes for nodes whose node_config sets neither device-class nor speed, by "
                 "partition-id, comma-separated, e.g. 'jetson-tx2,jetson-orin-nano,jetson-agx-orin'"})

@@ -58,22 +58,30 @@ class PlanMenu:
         self.utility = utility
         self.prune_dominated = config.prune_dominated
         bits_options = config.bits if config.allow_quant else ()
+        # recompute: r checkpointed blocks with full-precision inputs, and every (q, r) mix at each
+        # bit width (overlapping blocks store a quantized input; ClientPlan); a profile without
+        # recompute bytes offers none
+        self.recompute = config.allow_recompute and cm.supports_recompute
         all_memory = []
         # per depth: frontier entries (memory, step, upload, plan), memory strictly falling, time rising
         self._frontiers: list[list[tuple]] = []
         self._neg_memory: list[list[float]] = []
         for d in range(L + 1):
-            cands = [(*cm.costs(d, 0, 8, config.placement), 0, 0)]
+            cands = [(*cm.costs(d, 0, 8, config.placement), 0, 0, 0)]
             for bits in bits_options:
-                cands.extend((*cm.costs(d, q, bits, config.placement), q, -bits) for q in range(1, d + 1))
+                cands.extend((*cm.costs(d, q, bits, config.placement), q, -bits, 0) for q in range(1, d + 1))
+            if self.recompute:  # q = 0 (full-precision inputs) comes with the first bit width only
+                for i, bits in enumerate(bits_options or (None,)):
+                    cands.extend((m, t, u, q, -bits if q else 0, r) for m, t, u, q, r
+                                 in cm.recompute_grid(d, bits, config.placement) if q or i == 0)
             all_memory.extend(c[0] for c in cands)
-            # least time first; ties: fewer quantized blocks, then wider bits (less gradient error)
-            cands.sort(key=lambda c: (c[1], c[3], c[4]))
+            # least time first; ties: fewer quantized blocks, wider bits (less gradient error), fewer recomputed
+            cands.sort(key=lambda c: (c[1], c[3], c[4], c[5]))
             frontier, lowest = [], float("inf")
-            for memory, step, upload, q, neg_bits in cands:
+            for memory, step, upload, q, neg_bits, r in cands:
                 if memory < lowest:
                     lowest = memory
-                    plan = ClientPlan(d, q, -neg_bits if q else 8, config.placement)
+                    plan = ClientPlan(d, q, -neg_bits if q else 8, config.placement, r)
                     frontier.append((memory, step, upload, plan, utility.plan_value(plan, L)))
             self._frontiers.append(frontier)
             self._neg_memory.append([-f[0] for f in frontier])
@@ -133,7 +141,8 @@ def plan_menu(profile: Profile, config: PlannerConfig) -> PlanMenu:
         utility_key = utility  # DepthUtility is a frozen dataclass: equal configs share one menu
     except TypeError:
         utility_key = ("id", id(utility))
-    key = (id(profile), config.allow_quant, config.bits, config.placement, config.prune_dominated, utility_key)
+    key = (id(profile), config.allow_quant, config.allow_recompute, config.bits, config.placement,
+           config.prune_dominated, utility_key)
     menu = _MENUS.get(key)
     cm = cost_model(profile)
     if menu is None or menu.cost_model is not cm or menu.utility != utility:
@@ -152,5 +161,9 @@ def feasible_plans(profile: Profile, budget_bytes: float, config: PlannerConfig 
         plans = [ClientPlan(d, 0, 8, config.placement)]
         if config.allow_quant:
             plans += [ClientPlan(d, q, b, config.placement) for b in config.bits for q in range(1, d + 1)]
+        if config.allow_recompute and cm.supports_recompute:
+            plans += [ClientPlan(d, 0, 8, config.placement, r) for r in range(1, d + 1)]
+            plans += [ClientPlan(d, q, b, config.placement, r) for b in (config.bits if config.allow_quant else ())
+                      for r in range(1, d + 1) for q in range(1, d + 1)]
         out.extend(p for p in plans if cm.memory_bytes(p) <= budget_bytes)
     return out

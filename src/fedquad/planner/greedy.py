@@ -120,7 +120,10 @@ def _check(dev) -> None:
 
 
 def _quant_note(plan) -> str:
-    return f"; {plan.quant_layers} block(s) int{plan.bits} to fit" if plan.quant_layers else ""
+    note = f"; {plan.quant_layers} block(s) int{plan.bits} to fit" if plan.quant_layers else ""
+    if plan.recompute_layers:  # overlapping blocks store a quantized input (ClientPlan)
+        note += f"; {plan.recompute_layers} block(s) recomputed" + (" to fit" if not plan.quant_layers else "")
+    return note
 
 
 def plan_round(devices, profile: Profile, config: PlannerConfig | None = None,

@@ -22,10 +22,7 @@ class DeviceDecision:
     memory_ratio: float = field(default=1.0, metadata={"help": "measured/predicted memory EMA applied"})
 
     def to_dict(self) -> dict:
-        plan = None
-        if self.plan is not None:
-            plan = {"depth": self.plan.depth, "quant_layers": self.plan.quant_layers, "bits": self.plan.bits,
-                    "placement": self.plan.placement}
+        plan = None if self.plan is None else self.plan.to_dict()  # recompute_layers included
         return {"id": self.device_id, "device_class": self.device_class, "budget_bytes": self.budget_bytes,
                 "plan": plan, "predicted_bytes": self.predicted_bytes, "predicted_time_s": self.predicted_time_s,
                 "reason": self.reason, "feasible_plans": self.feasible_plans, "max_depth": self.max_depth,

@@ -2,8 +2,10 @@
 
 Per device: exponential moving averages of measured/predicted round time and memory, and of
 reported free memory, so a device that slows down or loses free memory gets a lighter plan next
-round. Per block: rounds since someone last trained it (for the coverage option). Everything is
-plain JSON-able data: to_dict/from_dict make it part of a checkpoint.
+round. Per block: rounds since someone last trained it (for the coverage option), and an EMA of the
+measured value of training it (`observe_gains`: what the learned utility plans with). Per device:
+rounds in a row it was sampled but did not train (the sit-out floor). Everything is plain
+JSON-able data: to_dict/from_dict make it part of a checkpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class PlannerState:
         self.devices: dict[str, DeviceStats] = {}
         self.rounds_without_trainer = [0] * num_blocks
         self.rounds_recorded = 0
+        # measured value of training each block and the head (None: never measured); see observe_gains
+        self.block_gain: list[float | None] = [None] * num_blocks
+        self.head_gain: float | None = None
+        self.untrained_streak: dict[str, int] = {}  # device -> sampled rounds in a row without training
 
     @classmethod
     def for_config(cls, num_blocks: int, config) -> "PlannerState":
@@ -97,18 +103,47 @@ class PlannerState:
         s.observations += 1
 
     def record_round(self, round_plan: RoundPlan, failed: set[str] | frozenset = frozenset()) -> None:
-        """Advance the per-block counters: blocks trained by a device that did not fail reset to 0."""
+        """Advance the per-block counters: blocks trained by a device that did not fail reset to 0;
+        and the per-device streaks: a device that trained resets to 0, any other sampled one counts up."""
         if round_plan.num_blocks != self.num_blocks:
             raise FedquadError(f"round plan has {round_plan.num_blocks} blocks, state {self.num_blocks}")
         trained = round_plan.trained_blocks(exclude=set(failed))
         self.rounds_without_trainer = [0 if b in trained else n + 1 for b, n in enumerate(self.rounds_without_trainer)]
+        for d in round_plan.decisions:
+            ok = d.plan is not None and d.device_id not in failed
+            self.untrained_streak[d.device_id] = 0 if ok else self.untrained_streak.get(d.device_id, 0) + 1
         self.rounds_recorded += 1
+
+    def observe_gains(self, block_gains, head_gain: float | None) -> None:
+        """Fold one round's measured per-block value (None: not measured this round) into the EMAs."""
+        if len(block_gains) != self.num_blocks:
+            raise FedquadError(f"{len(block_gains)} block gains for {self.num_blocks} blocks")
+        for value in (*block_gains, head_gain):
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise FedquadError(f"a block gain must be a finite non-negative number, got {value!r}")
+        self.block_gain = [old if new is None else self._ema(old, new) for old, new in zip(self.block_gain, block_gains)]
+        if head_gain is not None:
+            self.head_gain = self._ema(self.head_gain, head_gain)
+
+    def block_values(self) -> tuple[tuple[float, ...], float] | None:
+        """(value per block, value of the head) for the learned utility; None before any measurement.
+
+        A block never measured is valued at the mean of the measured ones (no evidence either way:
+        the coverage option or a deep device will measure it); so is a head never measured."""
+        known = [g for g in (*self.block_gain, self.head_gain) if g is not None]
+        if not known:
+            return None
+        prior = math.fsum(known) / len(known)
+        return (tuple(prior if g is None else g for g in self.block_gain),
+                prior if self.head_gain is None else self.head_gain)
 
     def to_dict(self) -> dict:
         return {"num_blocks": self.num_blocks, "ema_alpha": self.ema_alpha, "rounds_recorded": self.rounds_recorded,
                 "share_memory_ratio": self.share_memory_ratio, "shared_memory_ratio": self.shared_memory_ratio,
                 "memory_margin": self.memory_margin, "shared_memory_ratio_dev": self.shared_memory_ratio_dev,
                 "rounds_without_trainer": list(self.rounds_without_trainer),
+                "block_gain": list(self.block_gain), "head_gain": self.head_gain,
+                "untrained_streak": dict(sorted(self.untrained_streak.items())),
                 "devices": {k: {"time_ratio": s.time_ratio, "memory_ratio": s.memory_ratio,
                                 "memory_ratio_dev": s.memory_ratio_dev,
                                 "free_bytes": s.free_bytes, "observations": s.observations}
@@ -126,6 +161,12 @@ class PlannerState:
             if len(counters) != state.num_blocks:
                 raise ValueError(f"rounds_without_trainer has {len(counters)} entries, expected {state.num_blocks}")
             state.rounds_without_trainer = counters
+            gains = data.get("block_gain", [None] * state.num_blocks)
+            if len(gains) != state.num_blocks:
+                raise ValueError(f"block_gain has {len(gains)} entries, expected {state.num_blocks}")
+            state.block_gain = [None if g is None else float(g) for g in gains]
+            state.head_gain = None if data.get("head_gain") is None else float(data["head_gain"])
+            state.untrained_streak = {str(k): int(v) for k, v in data.get("untrained_streak", {}).items()}
             for k, s in data["devices"].items():
                 state.devices[str(k)] = DeviceStats(float(s["time_ratio"]), float(s["memory_ratio"]),
                                                     float(s.get("memory_ratio_dev", 0.0)),

@@ -38,6 +38,7 @@ import warnings
 
 import torch
 
+from fedquad.plan import DEFAULT_GROUP_SIZE
 from fedquad.quant import cpu_ext
 from fedquad.quant import reference as ref
 from fedquad.quant.reference import QuantizedTensor
@@ -264,7 +265,7 @@ def _eager_dequantize_rows(payload: torch.Tensor, scale: torch.Tensor, lo: torch
 
 # ---- public API ------------------------------------------------------------------------------
 
-def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+def quantize(x: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE, stochastic: bool = False,
              generator: torch.Generator | None = None) -> QuantizedTensor:
     """Same contract and same bits as ``reference.quantize``."""
     ref.check_input(x, bits, group_size)
@@ -284,7 +285,7 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
     return q
 
 
-def quantize_saved(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+def quantize_saved(x: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE, stochastic: bool = False,
                    generator: torch.Generator | None = None, sqrt_nonnegative: bool = True,
                    limit: float = math.inf) -> tuple[QuantizedTensor, torch.Tensor]:
     """Same contract and same bits as ``reference.quantize_saved``; never synchronises with a device.

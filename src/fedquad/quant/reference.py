@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from fedquad.errors import FedquadError
+from fedquad.plan import DEFAULT_GROUP_SIZE
 
 SUPPORTED_BITS = (8, 4)
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -150,7 +151,7 @@ def unpack_int4(payload: torch.Tensor, numel: int) -> torch.Tensor:
     return codes.reshape(-1)[:numel]
 
 
-def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+def quantize(x: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE, stochastic: bool = False,
              generator: torch.Generator | None = None) -> QuantizedTensor:
     """Per-group asymmetric min/max quantization of ``x`` flattened; see the module docstring."""
     check_input(x, bits, group_size)
@@ -159,7 +160,7 @@ def quantize(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool
     return QuantizedTensor(q.payload, q.scale, q.minimum, x.shape, x.dtype, bits, group_size)
 
 
-def quantize_saved(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+def quantize_saved(x: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE, stochastic: bool = False,
                    generator: torch.Generator | None = None, sqrt_nonnegative: bool = True,
                    limit: float = math.inf) -> tuple[QuantizedTensor, torch.Tensor]:
     """(quantized, keep_raw): the pack hook's quantizer, see the module docstring. ``keep_raw`` is a

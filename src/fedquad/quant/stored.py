@@ -84,3 +84,60 @@ def restore(s: StoredTensor, dequantize: Callable[[QuantizedTensor], torch.Tenso
         block = q.group_size
         out = rotation.undo_groups(out.float(), rotation.unpack_flags(s.flags, q.numel // block), block)
     return out.to(s.dtype)
+
+
+@dataclass(frozen=True)
+class TwoValued:
+    """A tensor whose every element is 0 or one value ``high`` (a CPU dropout mask: 0 or 1/(1-p)),
+    kept exactly as one bit per element (packed 8 to a byte, low bit first) plus ``high``."""
+
+    bits: torch.Tensor  # uint8 [ceil(numel / 8)]
+    high: torch.Tensor  # 0-dim, the tensor's dtype
+    shape: torch.Size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.high.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits.numel() + self.high.element_size()
+
+
+_BIT_WEIGHTS = {}
+
+
+def _weights(device: torch.device) -> torch.Tensor:
+    if device not in _BIT_WEIGHTS:
+        _BIT_WEIGHTS[device] = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=device)
+    return _BIT_WEIGHTS[device]
+
+
+def two_valued(x: torch.Tensor, probe: int = 64) -> TwoValued | None:
+    """``x`` as a TwoValued when every element is 0 or its maximum (> 0), else None. CPU tensors
+    only (the decision is read on the host, free there, a synchronisation on a GPU). A cheap probe of
+    the first elements turns almost every other tensor away before the full check; the full check
+    runs on the two-valued ones (the masks) alone."""
+    if x.device.type != "cpu" or not x.is_floating_point() or x.numel() < 2 * probe:
+        return None
+    flat = x.detach().reshape(-1)
+    head = flat[:probe]
+    if not bool(((head == 0) | (head == head.amax())).all()):
+        return None
+    high = flat.amax()
+    if not bool(high > 0):
+        return None
+    on = flat == high
+    if not bool((on | (flat == 0)).all()):
+        return None
+    pad = -on.numel() % 8
+    if pad:
+        on = torch.cat([on, on.new_zeros(pad)])
+    bits = (on.view(-1, 8).to(torch.uint8) * _weights(x.device)).sum(1, dtype=torch.uint8)
+    return TwoValued(bits, high.clone(), x.shape)
+
+
+def restore_two_valued(s: TwoValued) -> torch.Tensor:
+    on = (s.bits.unsqueeze(1) & _weights(s.bits.device)).ne(0).reshape(-1)[:s.shape.numel()]
+    return torch.where(on, s.high, s.high.new_zeros(())).view(s.shape)
+

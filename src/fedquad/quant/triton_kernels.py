@@ -25,6 +25,7 @@ import os
 
 import torch
 
+from fedquad.plan import DEFAULT_GROUP_SIZE
 from fedquad.quant import reference as ref
 from fedquad.quant.reference import QuantizedTensor
 
@@ -161,7 +162,7 @@ def _launch_options() -> dict:
     return {} if _interpreting() else {"enable_fp_fusion": False}
 
 
-def quantize_saved(x: torch.Tensor, bits: int, group_size: int = 128, stochastic: bool = False,
+def quantize_saved(x: torch.Tensor, bits: int, group_size: int = DEFAULT_GROUP_SIZE, stochastic: bool = False,
                    generator: torch.Generator | None = None, sqrt_nonnegative: bool = True,
                    limit: float = math.inf) -> tuple[QuantizedTensor, torch.Tensor]:
     """``reference.quantize_saved`` in Triton (int4 with an even group size)."""

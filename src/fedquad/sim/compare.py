@@ -6,58 +6,27 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from fedquad.errors import FedquadError
 from fedquad.sim.files import write_json_atomic
 from fedquad.sim.config import SimConfig, from_dict
 from fedquad.sim.recorder import (PROFILE_FILE, RESUMABLE_SETTINGS, clear_run, pinned_profile, prepare_out_dir,
                                   refuse_leftover_profile, remove_created, run_markers)
-from fedquad.sim.runner import RunResult, simulate
+from fedquad.sim.report import accuracy_at, markdown_table, summarize_history, write_report
+from fedquad.sim.runner import simulate
+from fedquad.sim.stats import TARGET_HOLD_EVALS, check_hold_evals, time_to_target
+from fedquad.sim.workers import Fanout, RunJob, run_jobs
 from fedquad.sim.workload import build_workload
 from fedquad.strategies import STRATEGIES
 
-
-def time_to_target(history: list[dict], target: float | None) -> float | None:
-    """Simulated time of the first evaluation at or above `target` (None: never)."""
-    if target is None:
-        return None
-    return next((h["clock_s"] for h in history if h.get("accuracy") is not None and h["accuracy"] >= target), None)
-
-
-def accuracy_at(history: list[dict], time_s: float) -> float | None:
-    """Accuracy of the last evaluation at or before simulated time `time_s`."""
-    evals = [h["accuracy"] for h in history if h.get("accuracy") is not None and h["clock_s"] <= time_s + 1e-9]
-    return evals[-1] if evals else None
-
-
-def summarize_history(history: list[dict], clock_s: float, target: float | None) -> dict:
-    rounds = [h for h in history if h["round"] >= 0]
-    host = [h["host"] for h in history]
-    train_s = sum(h["train_s"] for h in host)
-    total_s = sum(h["total_s"] for h in host) + host[0]["eval_s"]  # rounds + the initial evaluation
-    evals = [h["accuracy"] for h in history if h.get("accuracy") is not None]
-    return {
-        "time_to_target_s": time_to_target(history, target),
-        "final_accuracy": evals[-1] if evals else None,
-        "best_accuracy": max(evals) if evals else None,
-        "rounds": len(rounds),
-        "simulated_time_s": clock_s,
-        "mean_round_time_s": sum(h["round_time_s"] for h in rounds) / max(len(rounds), 1),
-        "mean_idle_time_s": sum(h["idle_s"] for h in rounds) / max(len(rounds), 1),
-        "dropped_device_rounds": sum(h["dropped"] for h in rounds),
-        "device_rounds": sum(h["participants"] + h["dropped"] for h in rounds),
-        "bytes_up": sum(h["bytes_up"] for h in rounds),
-        "bytes_down": sum(h["bytes_down"] for h in rounds),
-        "host_train_s": train_s,
-        "host_total_s": total_s,
-        "host_overhead_share": (total_s - train_s) / total_s if total_s > 0 else None,
-    }
-
+# the report's names, kept importable from here (callers predate sim/report.py and sim/stats.py)
+__all__ = ["COMPARE_PLAN", "OpenComparison", "accuracy_at", "compare", "load_plan", "markdown_table",
+           "open_comparison", "report_from_runs", "summarize_history", "time_to_target", "write_report"]
 
 COMPARE_PLAN = "compare.json"  # what a comparison was asked to do: its resume reads it
 COMPARE_FILES = (COMPARE_PLAN, "comparison.json", "comparison.md", "accuracy_vs_time.png", "memory.png",
-                 "seeds.json", "seeds.md", "time_to_target.png")
+                 "seeds.json", "seeds.md", "time_to_target.png", "accuracy_over_seeds.png")
 
 
 # -- the output folder: earlier runs are kept, refused, continued or (asked) replaced -------------
@@ -181,18 +150,22 @@ def _read_plan(out_dir: str) -> dict | None:
         with open(path) as f:
             data = json.load(f)
         plan = {"config": from_dict(data["config"], path), "strategies": [str(n) for n in data["strategies"]],
-                "target_accuracy": data["target_accuracy"], "seeds": data["seeds"]}
+                "target_accuracy": data["target_accuracy"], "seeds": data["seeds"],
+                "target_hold_evals": data.get("target_hold_evals", TARGET_HOLD_EVALS)}
     except (OSError, ValueError, KeyError, TypeError, FedquadError) as exc:
         raise FedquadError(f"{path} is damaged: {exc}") from None
     if not plan["strategies"] or any(n not in STRATEGIES for n in plan["strategies"]):
         raise FedquadError(f"{path} is damaged: strategies {plan['strategies']}")
     if plan["seeds"] is not None and not all(isinstance(x, int) and x >= 0 for x in plan["seeds"]):
         raise FedquadError(f"{path} is damaged: seeds {plan['seeds']}")
+    hold = plan["target_hold_evals"]
+    if isinstance(hold, bool) or not isinstance(hold, int) or hold < 1:
+        raise FedquadError(f"{path} is damaged: target_hold_evals {hold!r}")
     return plan
 
 
 def write_plan(out_dir: str, config: SimConfig, strategies: list[str], target: float | None,
-               seeds: list[int] | None) -> None:
+               seeds: list[int] | None, hold_evals: int = TARGET_HOLD_EVALS) -> None:
     """compare.json; a plan of the same experiment already there (another process sharing the
     folder) keeps its strategies and seeds: the file lists everything the folder holds."""
     try:
@@ -205,7 +178,8 @@ def write_plan(out_dir: str, config: SimConfig, strategies: list[str], target: f
             seeds = list(dict.fromkeys([*old["seeds"], *seeds]))
     write_json_atomic(os.path.join(out_dir, COMPARE_PLAN), {"version": 1, "config": config.to_dict(),
                                                             "strategies": list(strategies),
-                                                            "target_accuracy": target, "seeds": seeds})
+                                                            "target_accuracy": target, "seeds": seeds,
+                                                            "target_hold_evals": hold_evals})
 
 
 def load_plan(out_dir: str) -> dict:
@@ -229,85 +203,129 @@ def load_plan(out_dir: str) -> dict:
     return plan
 
 
-def compare(config: SimConfig, strategies: list[str], out_dir: str, target_accuracy: float | None = None,
-            show_progress: bool = True, *, resume: bool = False, overwrite: bool = False,
-            changes: dict | None = None) -> dict:
-    """Run every strategy on `config`, write comparison.json/.md and the plots; returns the summary.
+@dataclass
+class OpenComparison:
+    """A comparison folder checked and ready to run in (`open_comparison`); `config` names the
+    profile every run uses (`config_in`: as asked, before pinning)."""
 
-    A strategy whose run is already in `out_dir` is refused unless `overwrite` (replace it) or
-    `resume` (a finished run is kept, an interrupted one continues from its checkpoint); runs
-    there made with other settings are refused even so. `changes` (with `resume`): settings a
-    resume may change, e.g. {"rounds": 40}."""
+    out_dir: str
+    strategies: list[str]
+    config_in: SimConfig
+    config: SimConfig
+    target_accuracy: float | None  # as asked (the plan keeps it)
+    target: float | None  # what the report uses
+    hold_evals: int
+    created: list[str]
+    had_profile: bool
+    own_profile: bool
+    resume: bool
+
+    def run_dirs(self) -> list[tuple[str, str, bool]]:
+        """(strategy, run folder, continues an earlier run) of every run of this comparison."""
+        return [(n, os.path.join(self.out_dir, n), self.resume and bool(run_markers(os.path.join(self.out_dir, n))))
+                for n in self.strategies]
+
+    def build(self, show_progress: bool, *, keep: bool = True):
+        """One model, data and profile for all: the comparison's own profile.json when it has one
+        (continued or joined; runs being continued need it even if it is gone: a one-line error),
+        else the configured one or one measured into out_dir now; then the plan. `keep` False:
+        only make sure the profile exists (runs fanned out build their own workloads)."""
+        workload = None
+        if keep or not (self.own_profile or self.config_in.profile is not None):
+            workload = build_workload(self.config if self.own_profile else self.config_in, self.out_dir,
+                                      show_progress=show_progress)
+        write_plan(self.out_dir, self.config, self.strategies, self.target_accuracy, None, self.hold_evals)
+        return workload
+
+    def jobs(self, threads: int = 1) -> list[RunJob]:
+        return [RunJob(self.config.replace(strategy=n), run_dir, again, threads)
+                for n, run_dir, again in self.run_dirs()]
+
+    def abandon(self) -> None:
+        """After a failure: a comparison with no run worth keeping leaves nothing behind."""
+        out_dir = self.out_dir
+        if any(run_markers(os.path.join(out_dir, n)) for n in STRATEGIES):
+            return
+        plan = os.path.join(out_dir, COMPARE_PLAN)
+        if os.path.isfile(plan):
+            os.remove(plan)
+        measured = os.path.join(out_dir, PROFILE_FILE)
+        if not self.had_profile and os.path.isfile(measured) and self.config.profile != self.config_in.profile:
+            os.remove(measured)  # measured by this call for a comparison that never started
+        remove_created(self.created)
+
+    def report(self, histories: dict[str, list[dict]] | None = None, wall: dict[str, float] | None = None) -> dict:
+        """comparison.json/.md and plots; `histories` None: read from the run folders."""
+        if histories is None:
+            histories = {n: _read_history(self.out_dir, n) for n in self.strategies}
+        return write_report(self.config, histories, self.out_dir, self.target, wall, self.hold_evals)
+
+
+def open_comparison(config: SimConfig, strategies: list[str], out_dir: str, target_accuracy: float | None = None,
+                    *, resume: bool = False, overwrite: bool = False, changes: dict | None = None,
+                    hold_evals: int | None = None) -> OpenComparison:
+    """Check `out_dir` for `compare` (see there) and return what running in it needs."""
+    hold_evals = check_hold_evals(TARGET_HOLD_EVALS if hold_evals is None else hold_evals)
     created = prepare_out_dir(out_dir)
     if changes:
         config = config.replace(**changes)
-    config_in, pinned = config, pinned_profile(config, out_dir)
+    pinned = pinned_profile(config, out_dir)
     present, other = scan_runs(out_dir, pinned, strategies)
     other += plan_differences(out_dir, pinned)
     check_existing(out_dir, [(out_dir, present, other)], resume=resume, overwrite=overwrite,
                    clear_all=lambda: clear_comparison(out_dir, keep_profile=config.profile))
     check_leftover_profile(out_dir, config, resume=resume, overwrite=overwrite)
     had_profile = os.path.isfile(os.path.join(out_dir, PROFILE_FILE))
+    own = had_profile or (resume and any(run_markers(os.path.join(out_dir, n)) for n in STRATEGIES))
     target = target_accuracy if target_accuracy is not None else config.target_accuracy
-    results: dict[str, RunResult] = {}
-    wall = {}
+    return OpenComparison(out_dir, list(strategies), config, pinned, target_accuracy, target,
+                          hold_evals, created, had_profile, own, resume)
+
+
+def compare(config: SimConfig, strategies: list[str], out_dir: str, target_accuracy: float | None = None,
+            show_progress: bool = True, *, resume: bool = False, overwrite: bool = False,
+            changes: dict | None = None, hold_evals: int | None = None, fanout: Fanout | None = None) -> dict:
+    """Run every strategy on `config`, write comparison.json/.md and the plots; returns the summary.
+
+    A strategy whose run is already in `out_dir` is refused unless `overwrite` (replace it) or
+    `resume` (a finished run is kept, an interrupted one continues from its checkpoint); runs
+    there made with other settings are refused even so. `changes` (with `resume`): settings a
+    resume may change, e.g. {"rounds": 40}. `hold_evals`: evaluations in a row the target must
+    hold (default TARGET_HOLD_EVALS). `fanout`: run the strategies in worker processes or on Ray
+    (same results as the serial loop)."""
+    opened = open_comparison(config, strategies, out_dir, target_accuracy, resume=resume, overwrite=overwrite,
+                             changes=changes, hold_evals=hold_evals)
     try:
-        # one model, data and profile for all: the comparison's own profile.json when it has one
-        # (continued or joined; runs being continued need it even if it is gone: a one-line error),
-        # else the configured one or one measured into out_dir now
-        own = had_profile or (resume and any(run_markers(os.path.join(out_dir, n)) for n in STRATEGIES))
-        workload = build_workload(pinned if own else config, out_dir, show_progress=show_progress)
-        config = pinned  # every strategy and resume uses that file from here on
-        write_plan(out_dir, config, strategies, target_accuracy, None)
-        for name in strategies:
-            run_dir = os.path.join(out_dir, name)
-            again = resume and bool(run_markers(run_dir))
-            start = time.perf_counter()
-            results[name] = simulate(config.replace(strategy=name), run_dir, resume=again, workload=workload,
-                                     show_progress=show_progress, plots=False)
-            if not again:  # a continued run's wall time is spread over sessions: its history has it
-                wall[name] = time.perf_counter() - start
+        if fanout is not None and fanout.parallel:
+            opened.build(show_progress, keep=False)
+            done = run_jobs(opened.jobs(fanout.threads), fanout.workers, fanout.ray_address, show_progress)
+            return opened.report(None, {r["strategy"]: r["wall_s"] for r in done if not r["continued"]})
+        histories, wall = _run_serial(opened, show_progress)
     except Exception:
-        if not any(run_markers(os.path.join(out_dir, n)) for n in STRATEGIES):  # nothing worth keeping
-            plan = os.path.join(out_dir, COMPARE_PLAN)
-            if os.path.isfile(plan):
-                os.remove(plan)
-            measured = os.path.join(out_dir, PROFILE_FILE)
-            if not had_profile and os.path.isfile(measured) and pinned.profile != config_in.profile:
-                os.remove(measured)  # measured by this call for a comparison that never started
-            remove_created(created)
+        opened.abandon()
         raise
-    histories = {name: r.history for name, r in results.items()}
-    return write_report(config, histories, out_dir, target, wall)
+    return opened.report(histories, wall)
 
 
-def write_report(config: SimConfig, histories: dict[str, list[dict]], out_dir: str, target: float | None,
-                 wall_s: dict[str, float] | None = None) -> dict:
-    """comparison.json/.md and plots from finished runs' histories (also: re-report at another target)."""
-    summary = {}
-    for name, history in histories.items():
-        rounds = [h for h in history if h["round"] >= 0]
-        clock = rounds[-1]["clock_s"] if rounds else 0.0
-        summary[name] = summarize_history(history, clock, target)
-        summary[name]["host_wall_s"] = (wall_s or {}).get(name, summary[name]["host_total_s"])
-    common_time = min(s["simulated_time_s"] for s in summary.values())
-    for name, s in summary.items():
-        s["accuracy_at_common_time"] = accuracy_at(histories[name], common_time)
-    ours = summary.get("fedquad", {}).get("time_to_target_s")
-    for name, s in summary.items():
-        s["fedquad_speedup"] = (s["time_to_target_s"] / ours
-                                if ours and s["time_to_target_s"] else None)
-    eval_source = next((h[0]["eval_source"] for h in histories.values() if h and h[0].get("eval_source")), None)
-    report = {"target_accuracy": target, "common_time_s": common_time, "eval_source": eval_source,
-              "config": config.to_dict(), "strategies": summary}
-    with open(os.path.join(out_dir, "comparison.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out_dir, "comparison.md"), "w") as f:
-        f.write(markdown_table(report))
-    from fedquad.sim.plots import plot_accuracy_vs_time, plot_memory
-    plot_accuracy_vs_time(histories, os.path.join(out_dir, "accuracy_vs_time.png"), target)
-    plot_memory(histories, os.path.join(out_dir, "memory.png"))
-    return report
+def _run_serial(opened: OpenComparison, show_progress: bool) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    workload = opened.build(show_progress)
+    histories, wall = {}, {}
+    for name, run_dir, again in opened.run_dirs():
+        start = time.perf_counter()
+        histories[name] = simulate(opened.config.replace(strategy=name), run_dir, resume=again, workload=workload,
+                                   show_progress=show_progress, plots=False).history
+        if not again:  # a continued run's wall time is spread over sessions: its history has it
+            wall[name] = time.perf_counter() - start
+    return histories, wall
+
+
+def _read_history(out_dir: str, name: str) -> list[dict]:
+    path = os.path.join(out_dir, name, "history.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise FedquadError(f"cannot read the run of {name} in {out_dir}: {exc}") from None
 
 
 def strategies_that_ran(out_dir: str) -> list[str]:
@@ -320,7 +338,8 @@ def strategies_that_ran(out_dir: str) -> list[str]:
     return names
 
 
-def report_from_runs(out_dir: str, strategies: list[str] | None, target: float | None) -> dict:
+def report_from_runs(out_dir: str, strategies: list[str] | None, target: float | None,
+                     hold_evals: int = TARGET_HOLD_EVALS) -> dict:
     """Rebuild the comparison of finished runs under `out_dir` (e.g. with another target accuracy);
     `strategies` None: the ones that ran there."""
     if not os.path.isdir(out_dir):
@@ -339,35 +358,4 @@ def report_from_runs(out_dir: str, strategies: list[str] | None, target: float |
                 config = from_dict(json.load(f), config_path)
         except (OSError, ValueError) as exc:
             raise FedquadError(f"cannot read the run of {name} in {out_dir}: {exc}") from None
-    return write_report(config, histories, out_dir, target)
-
-
-def _fmt(value, spec: str, none: str = "never") -> str:
-    return none if value is None else format(value, spec)
-
-
-def markdown_table(report: dict) -> str:
-    target = report["target_accuracy"]
-    lines = [f"Target accuracy: {'none (pass --target-accuracy)' if target is None else f'{100 * target:.1f}%'}; "
-             f"accuracy at equal time is read at "
-             f"{report['common_time_s']:.0f} s (the shortest run's simulated time).", "",
-             "| strategy | time to target (s) | fedquad speedup | final acc. | acc. at equal time | best acc. | rounds "
-             "| mean round (s) | mean idle (s) | dropped device-rounds | MB up | MB down |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    if report.get("eval_source"):
-        lines[1:1] = ["", f"Evaluated on: {report['eval_source']}."]
-    for name, s in report["strategies"].items():
-        pct = lambda v: _fmt(v if v is None else 100 * v, ".1f", "-")  # noqa: E731
-        lines.append(
-            f"| {name} | {_fmt(s['time_to_target_s'], '.0f', 'never' if target is not None else '-')} | {_fmt(s['fedquad_speedup'], '.2f', '-')}x | "
-            f"{pct(s['final_accuracy'])} | {pct(s['accuracy_at_common_time'])} | {pct(s['best_accuracy'])} | "
-            f"{s['rounds']} | {s['mean_round_time_s']:.1f} | {s['mean_idle_time_s']:.1f} | "
-            f"{s['dropped_device_rounds']}/{s['device_rounds']} | {s['bytes_up'] / 1e6:.1f} | "
-            f"{s['bytes_down'] / 1e6:.1f} |")
-    lines += ["", "Host wall time per strategy (client training share; the rest is simulator overhead: "
-                  "planning, aggregation, evaluation, checkpoints):", ""]
-    for name, s in report["strategies"].items():
-        share = s["host_overhead_share"]
-        lines.append(f"- {name}: {s['host_wall_s']:.0f} s wall, training {s['host_train_s']:.0f} s, "
-                     f"overhead {_fmt(share and 100 * share, '.1f', '-')}%")
-    return "\n".join(lines) + "\n"
+    return write_report(config, histories, out_dir, target, None, hold_evals)

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 
 from fedquad.errors import FedquadError
+from fedquad.plan import DEFAULT_GROUP_SIZE
 
 MAX_SEED = 2**63 - 1  # numpy, torch and random all accept [0, MAX_SEED]; negatives crash numpy
 
@@ -53,13 +54,17 @@ class SimConfig:
     scenario: str = field(default="jetson-mixed", metadata={"help": "shipped scenario name or scenario JSON path"})
     profile: str | None = field(default=None, metadata={
         "help": "cost-model profile (shipped name or JSON path); None = measure it on this machine at start"})
-    strategy: str = field(default="fedquad", metadata={"help": "fedquad, fedlora, fedlora-uniform, hetlora, fedra, "
-                                                              "depth-only, quant-only"})
+    strategy: str = field(default="fedquad", metadata={"help": "fedquad, fedquad-paper, fedquad-no-recompute, fedlora, "
+                                                              "fedlora-ckpt, fedlora-uniform, hetlora, fedra, depth-only, quant-only"})
     rounds: int = field(default=20, metadata={"help": "rounds at most"})
     time_budget_s: float | None = field(default=None, metadata={"help": "stop once the simulated clock passes this"})
     clients_per_round: int = field(default=8, metadata={"help": "devices sampled per round"})
     local_steps: int = field(default=5, metadata={"help": "local optimizer steps per round"})
     learning_rate: float = field(default=1e-3, metadata={"help": "local AdamW learning rate"})
+    logit_adjustment: float = field(default=1.0, metadata={
+        "help": "classification: train on logits + tau * log(the client's label shares) (logit adjustment; "
+                "evaluation uses the plain logits), so label-skewed clients do not drag the global head to "
+                "their majority class; this is tau, 0 = off (benchmarks/learning_probe.py measures why)"})
     partition_alpha: float | None = field(default=0.5, metadata={"help": "Dirichlet alpha over labels; None = IID"})
     eval_every: int = field(default=2, metadata={"help": "evaluate centrally every k rounds (and after the last)"})
     target_accuracy: float | None = field(default=None, metadata={"help": "stop early once reached (None = never)"})
@@ -70,11 +75,19 @@ class SimConfig:
     memory_margin: float = field(default=0.0, metadata={
         "help": "FedQuad/depth-only planner: plan memory at the measured/predicted ratio + this many mean "
                 "deviations of it (0 = at the mean)"})
+    planner_value: str = field(default="learned", metadata={
+        "help": "fedquad/depth-only: what a trained block is worth: learned (measured every round) or depth "
+                "(fixed, as fedquad-paper)"})
+    sit_out: bool = field(default=True, metadata={
+        "help": "fedquad/depth-only: a straggler sits out when the round gains more time than its data is worth"})
+    sit_out_floor_rounds: int = field(default=2, metadata={
+        "help": "fedquad/depth-only: a device sampled and untrained this many rounds in a row must train"})
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
         "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
-    group_size: int = field(default=128, metadata={
-        "help": "quantization group size; must match the profile's (the shipped profiles use 128)"})
+    group_size: int = field(default=DEFAULT_GROUP_SIZE, metadata={
+        "help": "quantization group size; must match the profile's (fedquad.plan.DEFAULT_GROUP_SIZE, as every "
+                "entry point)"})
     max_update_norm_ratio: float = field(default=10.0, metadata={
         "help": "aggregation: reject a client tensor whose L2 norm exceeds this many times the global "
                 "tensor's, or a root-mean-square of 1.0 per element if larger (LoRA B starts at zero)"})
@@ -92,6 +105,8 @@ class SimConfig:
                 raise FedquadError(f"config {name} must be a positive integer or null, got {value!r}")
         if not self.learning_rate > 0:
             raise FedquadError(f"config learning_rate must be > 0, got {self.learning_rate}")
+        if not (isinstance(self.logit_adjustment, (int, float)) and 0 <= self.logit_adjustment < float("inf")):
+            raise FedquadError(f"config logit_adjustment must be a number >= 0, got {self.logit_adjustment!r}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
             raise FedquadError(f"config target_accuracy must be in (0, 1], got {self.target_accuracy}")
         if not (isinstance(self.memory_margin, (int, float)) and 0 <= self.memory_margin < float("inf")):
@@ -99,6 +114,13 @@ class SimConfig:
         if isinstance(self.max_update_norm_ratio, bool) or not (
                 isinstance(self.max_update_norm_ratio, (int, float)) and 0 < self.max_update_norm_ratio < float("inf")):
             raise FedquadError(f"config max_update_norm_ratio must be a number > 0, got {self.max_update_norm_ratio!r}")
+        if self.planner_value not in ("learned", "depth"):
+            raise FedquadError(f"config planner_value must be learned or depth, got {self.planner_value!r}")
+        if not isinstance(self.sit_out, bool):
+            raise FedquadError(f"config sit_out must be true or false, got {self.sit_out!r}")
+        if isinstance(self.sit_out_floor_rounds, bool) or not isinstance(self.sit_out_floor_rounds, int) \
+                or self.sit_out_floor_rounds < 0:
+            raise FedquadError(f"config sit_out_floor_rounds must be an integer >= 0, got {self.sit_out_floor_rounds!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise FedquadError(f"config time_budget_s must be > 0, got {self.time_budget_s}")
         object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list

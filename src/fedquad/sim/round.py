@@ -10,12 +10,13 @@ that sit out, the strategy's guarded per-key merge, rejected updates marked, `ob
 (`fedquad.flower.server`) sends each plan in a message and turns the replies into outcomes. Both
 runtimes therefore plan, merge, learn and report with the same code, and one report schema:
 
-    round, round_time_s, clock_s, participants, dropped, sat_out, idle_s, slowest_train_s,
+    round, round_time_s, clock_s, participants, dropped, sat_out, idle_s, slowest_train_s, failed_s,
     bytes_up, bytes_down, devices[...], aggregation{rejected, untouched_keys, trained_keys,
     unmerged_keys}
 
 `round_time_s` is the round's length on the runtime's clock: the simulator's virtual clock (the
-slowest successful client's cost-model time), the server's wall time from sending to merging.
+slowest client's cost-model time, a failed one's included: `failed_s`, its time to failure), the
+server's wall time from sending to merging (which waits for failure replies too).
 `dropped` counts every device that contributed nothing (sat out, out of memory, failed,
 rejected); `sat_out` is the part the strategy chose. The simulator adds `train_s` (host seconds,
 moved into the host timing by the runner); the server adds `left` and per-device node fields.
@@ -38,10 +39,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from fedquad.client import LocalTrainConfig, QuantSettings, train_local
-from fedquad.client.train import ClientOutOfMemory
+from fedquad.client.train import ClientOutOfMemory, StepMemory, logit_adjustment_offsets
 from fedquad.datasets import BatchConfig, iterate_batches
 from fedquad.devices import Device, devices_at_round
 from fedquad.evaluation import evaluate
@@ -128,7 +130,9 @@ def finish_round(strategy: Strategy, state: RoundState, plan: RoundPlan, outcome
 
     ok_times = [o.time_s for o in full if o.status == "ok" and o.time_s is not None]
     slowest_s = max(ok_times, default=0.0)
-    round_s = slowest_s if round_time_s is None else round_time_s
+    failed_s = max((failure_time_s(strategy, ctx, o, plan.devices[o.device_id]) for o in full
+                    if o.status not in ("ok", "idle")), default=0.0)
+    round_s = max(slowest_s, failed_s) if round_time_s is None else round_time_s
     extra = device_extra or {}
     report = {
         "round": ctx.round_index, "round_time_s": round_s, "clock_s": state.clock_s + round_s,
@@ -136,7 +140,7 @@ def finish_round(strategy: Strategy, state: RoundState, plan: RoundPlan, outcome
         "dropped": sum(o.status != "ok" for o in full),
         "sat_out": sum(o.status == "idle" for o in full),
         "idle_s": sum(round_s - t for t in ok_times) / max(len(ok_times), 1),
-        "slowest_train_s": slowest_s,
+        "slowest_train_s": slowest_s, "failed_s": failed_s,
         "bytes_up": sum(o.update_bytes for o in full),
         "bytes_down": sum(ctx.profile.adapter_bytes for o in full if o.assignment.plan is not None),
         "devices": [{**outcome_dict(o, plan.devices[o.device_id]), **extra.get(o.device_id, {})} for o in full],
@@ -146,6 +150,18 @@ def finish_round(strategy: Strategy, state: RoundState, plan: RoundPlan, outcome
                         "unmerged_keys": list(agg.unmerged_keys)},
     }
     return RoundState(ctx.round_index + 1, state.clock_s + round_s, dict(new_global), strategy_state), report
+
+
+def failure_time_s(strategy: Strategy, ctx: RoundContext, o: ClientOutcome, device: Device) -> float:
+    """How long the server waits for a client that contributed nothing: an update it returned but
+    the merge rejected, or a time it reported (a timeout), costs that time; an out-of-memory client
+    costs its download plus the first step at its speed (where it fails), by the cost model."""
+    if o.time_s is not None:
+        return o.time_s
+    if o.assignment.plan is None:
+        return 0.0
+    _, t = strategy.costs(ctx, o.assignment, device)
+    return t.download_s + t.compute_s / max(device.local_steps, 1)
 
 
 def derive_seed(*parts) -> int:
@@ -177,7 +193,7 @@ class FederatedAlgorithm:
 
     def context(self, round_index: int) -> RoundContext:
         return RoundContext(round_index, self.w.profile, self.w.config.seed, self.w.adapted.lora_rank,
-                            {d.device_id: d.data_weight for d in self.w.devices})
+                            {d.device_id: d.data_weight for d in self.w.devices}, self.w.adapted.key_block)
 
     def apply(self, state: RoundState, clients: Sequence[Device], progress=None) -> tuple[RoundState, dict]:
         """One simulated round: plan from each device's previous-round state, train the assigned
@@ -210,33 +226,45 @@ class FederatedAlgorithm:
         a = work.assignment
         return train_assignment(self.w.adapted, self.w.train_tokens, self.w.parts[a.device_id], self.w.config,
                                 self.quant, round_index, global_state, a, fixed_bytes=work.fixed_bytes,
-                                budget_bytes=work.device.budget_bytes, time_s=work.time_s)
+                                budget_bytes=work.device.budget_bytes, time_s=work.time_s,
+                                step_memory=StepMemory.from_profile(self.w.profile, a.plan, work.device.budget_bytes))
 
 
 def train_assignment(adapted, train_tokens, indices, config, quant: QuantSettings, round_index: int,
                      global_state: dict, a, *, fixed_bytes: float, budget_bytes: float,
-                     time_s: float | None) -> ClientOutcome:
+                     time_s: float | None, step_memory: StepMemory | None = None) -> ClientOutcome:
     """Train one device's assignment on its own examples (`indices` into `train_tokens`): the client
     half of a round, shared by the simulator and the Flower ClientApp so both train identically.
 
     `fixed_bytes`: the predicted memory of the plan beyond saved activations (weights, adapter,
     optimizer, workspace); the device has `budget_bytes - fixed_bytes` left for saved activations,
     and a plan whose measured saved activations exceed that fails as out of memory. `time_s` is
-    the outcome's round time (the simulator's virtual time; a real node passes what it measured)."""
+    the outcome's round time (the simulator's virtual time; a real node passes what it measured).
+    `step_memory` (the cost model's whole-step peak at each batch shape against the budget the
+    device has now): a step predicted not to fit runs as micro-batches that do, and the measured
+    check uses the fixed part at each micro-batch's shape (`fedquad.client.train`); the device then
+    fails only where even one example does not fit or the measurement exceeds its memory."""
     c = config
     saved_limit = budget_bytes - fixed_bytes  # what the device has left for activations
+    offsets = None  # logit adjustment by this client's own label shares (classification only)
+    if getattr(c, "logit_adjustment", 0) > 0 and adapted.kind.has_classes and len(indices):
+        offsets = logit_adjustment_offsets(train_tokens.labels[np.asarray(indices)],
+                                           int(adapted.model.config.num_labels),
+                                           c.logit_adjustment)
     train_config = LocalTrainConfig(learning_rate=c.learning_rate, local_steps=c.local_steps, quant=dataclasses.replace(
-        quant, bits=a.plan.bits), seed=derive_seed("train", c.seed, round_index, a.device_id) % 2**31)
+        quant, bits=a.plan.bits), seed=derive_seed("train", c.seed, round_index, a.device_id) % 2**31,
+        logit_offsets=offsets)
     try:
         result = train_local(adapted, global_state, a.plan,
                              local_batches(train_tokens, indices, c, a.device_id, round_index), train_config,
-                             a.options, saved_limit_bytes=saved_limit)
+                             a.options, saved_limit_bytes=saved_limit, step_memory=step_memory)
     except ClientOutOfMemory as exc:
-        return ClientOutcome(a, "oom", f"out of memory: {exc}", measured_bytes=fixed_bytes + exc.saved_bytes,
+        return ClientOutcome(a, "oom", f"out of memory: {exc}", measured_bytes=exc.needed_bytes(fixed_bytes),
                              budget_bytes=budget_bytes)
     m = result.metrics
     measured = fixed_bytes + m.saved_kept_bytes
-    return ClientOutcome(a, "ok", "", result.update, m.examples, m.loss, measured, time_s, budget_bytes)
+    return ClientOutcome(a, "ok", "", result.update, m.examples, m.loss, measured, time_s, budget_bytes,
+                         micro_batches=m.max_micro_batches)
 
 
 def local_batches(train_tokens, indices, c, device_id: str, round_index: int):
@@ -294,4 +322,5 @@ def outcome_dict(o: ClientOutcome, device: Device) -> dict:
     return {**o.assignment.to_dict(), "status": o.status, "failure": o.reason or None, "examples": o.examples,
             "loss": o.loss, "measured_bytes": o.measured_bytes, "time_s": o.time_s,
             "budget_bytes": budget_bytes, "device_class": device.device_class,
-            "power_mode": device.power_mode, "speed": device.speed, "upload_bytes": o.update_bytes}
+            "power_mode": device.power_mode, "speed": device.speed, "upload_bytes": o.update_bytes,
+            "micro_batches": o.micro_batches}

@@ -44,13 +44,15 @@ def planner_config(config: SimConfig):
     from fedquad.planner import PlannerConfig
     return PlannerConfig(int8_penalty=config.int8_penalty, int4_penalty=config.int4_penalty,
                          coverage_rounds=config.coverage_rounds, placement=config.placement,
-                         bits=config.quant_bits, memory_margin=config.memory_margin)
+                         bits=config.quant_bits, memory_margin=config.memory_margin,
+                         value=config.planner_value, sit_out=config.sit_out,
+                         sit_out_floor_rounds=config.sit_out_floor_rounds)
 
 
 def make_strategy(config: SimConfig):
     from fedquad.aggregation import AggregationConfig
     aggregation = AggregationConfig(max_norm_ratio=config.max_update_norm_ratio)
-    if config.strategy in ("fedquad", "depth-only"):
+    if config.strategy in ("fedquad", "fedquad-paper", "fedquad-no-recompute", "depth-only"):
         return get_strategy(config.strategy, planner=planner_config(config), aggregation=aggregation)
     return get_strategy(config.strategy, aggregation=aggregation)
 

@@ -149,4 +149,7 @@ def _load_model_and_data(config: SimConfig) -> tuple[object, object, object, np.
                          device="cpu")
     train_tokens = kind.tokenize(train, adapted.tokenizer, config.max_len)
     eval_tokens = kind.tokenize(evaluation, adapted.tokenizer, config.max_len)
-    return adapted, train_tokens, eval_tokens, np.asarray(train.labels), data.eval_source
+    source = data.eval_source
+    if config.eval_examples is not None and config.eval_examples < len(eval_tokens):  # say it is a subset
+        source += f", fixed seeded subset of {config.eval_examples} of {len(eval_tokens)} (eval_examples)"
+    return adapted, train_tokens, eval_tokens, np.asarray(train.labels), source

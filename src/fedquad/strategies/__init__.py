@@ -7,14 +7,18 @@ from fedquad.errors import FedquadError
 from fedquad.strategies.base import Assignment, ClientOutcome, RoundContext, Strategy, deepest_fitting_depth
 from fedquad.strategies.depth_only import DepthOnly
 from fedquad.strategies.fedlora import FedLoRA
+from fedquad.strategies.fedlora_ckpt import FedLoRACkpt
 from fedquad.strategies.fedlora_uniform import FedLoRAUniform
 from fedquad.strategies.fedquad import FedQuad
+from fedquad.strategies.fedquad_no_recompute import FedQuadNoRecompute
+from fedquad.strategies.fedquad_paper import FedQuadPaper
 from fedquad.strategies.fedra import FedRA
 from fedquad.strategies.hetlora import HetLoRA
 from fedquad.strategies.quant_only import QuantOnly
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
-    FedQuad, FedLoRA, FedLoRAUniform, HetLoRA, FedRA, DepthOnly, QuantOnly)}
+    FedQuad, FedQuadPaper, FedLoRA, FedLoRAUniform, HetLoRA, FedRA, DepthOnly, QuantOnly, FedLoRACkpt,
+    FedQuadNoRecompute)}
 
 
 def get_strategy(name: str, **params) -> Strategy:
@@ -37,6 +41,7 @@ def parse_strategy_list(text: str) -> list[str]:
     return names
 
 
-__all__ = ["Assignment", "ClientOutcome", "DepthOnly", "FedLoRA", "FedLoRAUniform", "FedQuad", "FedRA", "HetLoRA",
+__all__ = ["Assignment", "ClientOutcome", "DepthOnly", "FedLoRA", "FedLoRACkpt", "FedLoRAUniform", "FedQuad",
+           "FedQuadNoRecompute", "FedQuadPaper", "FedRA", "HetLoRA",
            "QuantOnly", "RoundContext", "STRATEGIES", "Strategy", "deepest_fitting_depth", "get_strategy",
            "parse_strategy_list"]

@@ -54,6 +54,8 @@ class ClientOutcome:
     measured_bytes: float | None = field(default=None, metadata={"help": "memory measured for the plan"})
     time_s: float | None = field(default=None, metadata={"help": "device round time (virtual or measured)"})
     budget_bytes: float | None = field(default=None, metadata={"help": "memory the device actually had"})
+    micro_batches: int = field(default=1, metadata={
+        "help": "most micro-batches one local step was split into to fit memory (1: no step was split)"})
 
     @property
     def device_id(self) -> str:
@@ -74,6 +76,8 @@ class RoundContext:
     seed: int
     lora_rank: int
     data_weights: Mapping[str, float] = field(default_factory=dict)  # device id -> local examples
+    # adapter key -> block index (None: the head); lets a strategy measure per-block updates (fedquad)
+    key_blocks: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def num_blocks(self) -> int:
@@ -139,7 +143,7 @@ def fixed_plan_assignments(ctx: RoundContext, strategy: Strategy, devices: Seque
     for dev in devices:
         plan = plan_for(dev)
         if plan is None:
-            out.append(Assignment(dev.device_id, None, reason="no plan fits its memory budget"))
+            out.append(Assignment(dev.device_id, None, reason="sits out: its memory budget does not fit the plan"))
             continue
         a = Assignment(dev.device_id, plan, reason=reason)
         memory, time = strategy.costs(ctx, a, dev)

@@ -9,17 +9,17 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from fedquad.planner import PlannerConfig
-from fedquad.strategies.fedquad import FedQuad
+from fedquad.strategies.fedquad import LEARNED, FedQuad
 
 if TYPE_CHECKING:
     from fedquad.aggregation import AggregationConfig
 
 
 class DepthOnly(FedQuad):
-    """FedQuad's planner restricted to unquantized plans."""
+    """`fedquad`'s planner (measured block value, sit-out) restricted to unquantized plans."""
 
     name = "depth-only"
     paper = "LEGEND-style adaptive depth (Liu et al., 2024), as FedQuad's planner without quantization"
 
-    def __init__(self, planner: PlannerConfig = PlannerConfig(), aggregation: AggregationConfig | None = None):
-        super().__init__(dataclasses.replace(planner, allow_quant=False), aggregation)
+    def __init__(self, planner: PlannerConfig = LEARNED, aggregation: AggregationConfig | None = None):
+        super().__init__(dataclasses.replace(planner, allow_quant=False, allow_recompute=False), aggregation)

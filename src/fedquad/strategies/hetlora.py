@@ -8,7 +8,9 @@ of its rank) carry less than `prune_threshold` of its update's norm drops those 
 then on. Aggregation is sparsity-weighted: each client's weight is its example count times the
 Frobenius norm of its update, and every rank component is averaged over the clients that trained
 it (zero-padded components do not pull the mean towards zero). Rank changes LoRA memory, not the
-activations of a full-depth backward: a device that cannot fit full depth runs out of memory.
+activations of a full-depth backward: a device whose reported memory cannot hold full depth at its
+rank sits out, as a practitioner would not send it a plan it cannot run (`fit_check=False`: it is
+sent the plan and runs out of memory after its first step).
 How the capacity maps to a rank and the pruning constants are ours; the paper leaves them open.
 """
 
@@ -31,9 +33,10 @@ class HetLoRA(Strategy):
     paper = "Cho et al., Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models (EMNLP 2024)"
 
     def __init__(self, min_rank: int = 2, prune_step: int = 1, prune_threshold: float = 0.05,
-                 aggregation: AggregationConfig | None = None):
+                 fit_check: bool = True, aggregation: AggregationConfig | None = None):
         super().__init__(aggregation)
         self.min_rank, self.prune_step, self.prune_threshold = min_rank, prune_step, prune_threshold
+        self.fit_check = fit_check
 
     def init_state(self, num_blocks: int) -> dict:
         return {"ranks": {}}
@@ -52,6 +55,10 @@ class HetLoRA(Strategy):
             a = Assignment(dev.device_id, plan, reason=f"full depth, rank {rank} of {ctx.lora_rank} by capacity",
                            options=TrainOptions(rank=rank))
             memory, time = self.costs(ctx, a, dev)
+            if self.fit_check and memory > dev.budget_bytes:
+                out.append(Assignment(dev.device_id, None, reason=f"sits out: full depth at rank {rank} does not fit "
+                                                                  f"its memory budget"))
+                continue
             out.append(Assignment(dev.device_id, plan, memory, time.total_s, a.reason, a.options))
         return out
 

@@ -68,6 +68,11 @@ class TaskKind(ABC):
         method of the tokens, which this kind's `tokenize` made)."""
         return tokens.collate(batch, width)
 
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many units the model's loss on `batch` is the mean over: the weight of a
+        micro-batch in its step (`fedquad.client.train`). Classification: examples."""
+        return int(batch["labels"].shape[0])
+
     @abstractmethod
     def generated_labels(self, input_ids: torch.Tensor, num_labels: int, generator: torch.Generator) -> torch.Tensor:
         """Labels for a generated batch of `input_ids` (profiling and memory probes: shapes matter, not content)."""

@@ -17,7 +17,7 @@ from fedquad.datasets.causal import CausalLMData
 from fedquad.datasets.causal_jsonl import load_causal_jsonl
 from fedquad.tasks.base import TaskKind
 from fedquad.tasks.causal_lm_eval import evaluate_causal_lm
-from fedquad.tasks.causal_lm_tokens import CausalTokenizedData, tokenize_causal
+from fedquad.tasks.causal_lm_tokens import IGNORE_INDEX, CausalTokenizedData, tokenize_causal
 
 
 class CausalLMTask(TaskKind):
@@ -38,6 +38,11 @@ class CausalLMTask(TaskKind):
 
     def _tokenize(self, data: CausalLMData, tokenizer, max_len: int, key: tuple) -> CausalTokenizedData:
         return tokenize_causal(data, tokenizer, max_len, key)
+
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """Scored tokens: the model's loss is the mean over every position whose next-token label
+        (labels shifted by one) is not IGNORE_INDEX (transformers' ForCausalLMLoss)."""
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def generated_labels(self, input_ids: torch.Tensor, num_labels: int, generator: torch.Generator) -> torch.Tensor:
         return input_ids.clone()  # every position is scored: the most a step can save

@@ -73,23 +73,31 @@ def tokenize_classification(data: TextClassificationData, tokenizer, max_len: in
                          max_len=int(max_len), key=key)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: evaluation every round must stay cheap
 def evaluate_classification(adapted, tokens: TokenizedData, *, batch_size: int = 64, max_examples: int | None = None,
                             seed: int = 0) -> dict[str, float]:
-    """Accuracy and mean loss per example of `adapted` (an AdaptedModel) as it is, on `tokens`."""
+    """Accuracy and mean loss per example of `adapted` (an AdaptedModel) as it is, on `tokens`.
+
+    `max_class_share` is the share of examples given the most predicted class: 1.0 means the
+    model predicts one class for everything (a collapsed run looks like "accuracy = majority
+    share"; this tells the two apart)."""
     was_training = adapted.model.training
     adapted.model.eval()
     idx = eval_indices(len(tokens), max_examples, seed)
     correct, loss_sum, seen = 0, 0.0, 0
+    predicted = torch.zeros(max(int(adapted.model.config.num_labels), 2), dtype=torch.int64)
     config = BatchConfig(batch_size=batch_size, shuffle=False)
     try:
         for batch in iterate_batches(tokens, config, indices=idx):
             batch = {k: v.to(adapted.device) for k, v in batch.items()}
             out = adapted.model(**batch)
             n = int(batch["labels"].shape[0])
-            correct += int((out.logits.argmax(-1) == batch["labels"]).sum())
+            guess = out.logits.argmax(-1)
+            correct += int((guess == batch["labels"]).sum())
+            predicted += torch.bincount(guess.cpu(), minlength=len(predicted))[:len(predicted)]
             loss_sum += float(out.loss) * n
             seen += n
     finally:
         adapted.model.train(was_training)
-    return {"accuracy": correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "examples": float(seen)}
+    return {"accuracy": correct / max(seen, 1), "loss": loss_sum / max(seen, 1), "examples": float(seen),
+            "max_class_share": float(predicted.max()) / max(seen, 1)}

@@ -1,0 +1,84 @@
+"""`compare --workers N` and `--ray-address`: (strategy, seed) runs fanned out over processes or a
+Ray cluster give the serial loop's histories, in the usual run folders (so a resume works)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import quick_profile
+
+from fedquad.errors import FedquadError
+from fedquad.sim.workers import Fanout, run_jobs
+
+
+def _common(profile) -> list[str]:
+    return ["--set", "model=tiny-bert", "--set", "task=synthetic", "--set", "train_examples=240",
+            "--set", "eval_examples=32", "--set", "max_len=24", "--set", "batch_size=8", "--set", "rounds=2",
+            "--set", "clients_per_round=3", "--set", "local_steps=1", "--set", "eval_every=1",
+            "--set", "scenario=jetson-headroom", "--set", f"profile={profile}",
+            "--strategies", "fedquad,fedlora", "--target-accuracy", "0.01", "--quiet"]
+
+
+def _histories(folder) -> dict:
+    """Every run's history under `folder`, host timings left out (they are the only thing that may differ)."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        if "history.json" in files:
+            with open(os.path.join(root, "history.json")) as f:
+                found[os.path.relpath(root, folder)] = [{k: v for k, v in h.items() if k != "host"}
+                                                        for h in json.load(f)]
+    return found
+
+
+def test_fanout_settings_are_checked_in_one_line(capsys):
+    for bad in ({"workers": 0}, {"threads": 0}, {"workers": True}, {"ray_address": " "}):
+        with pytest.raises(FedquadError):
+            Fanout(**bad)
+    assert not Fanout().parallel and Fanout(workers=2).parallel and Fanout(ray_address="auto").parallel
+    assert run_jobs([], workers=3) == []
+    from fedquad.cli.main import main
+    assert main(["compare", "--workers", "0", "--strategies", "fedquad", "--out", "/nonexistent/x", "--quiet"]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert main(["compare", "--report-only", "--workers", "2", "--out", "/nonexistent/x", "--quiet"]) == 2
+    assert "--report-only" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_workers_give_the_serial_histories_and_resume(tmp_path):
+    from fedquad.cli.main import main
+    profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
+    common = _common(profile) + ["--seeds", "0,1"]
+    assert main(["compare", *common, "--out", str(tmp_path / "serial")]) == 0
+    assert main(["compare", *common, "--out", str(tmp_path / "par"), "--workers", "2"]) == 0
+    serial, par = _histories(tmp_path / "serial"), _histories(tmp_path / "par")
+    assert set(par) == {"seed-0/fedquad", "seed-0/fedlora", "seed-1/fedquad", "seed-1/fedlora"}
+    assert par == serial
+    for seed in (0, 1):  # the RunRecorder layout: a resume finds every run finished
+        assert (tmp_path / "par" / f"seed-{seed}" / "fedquad" / "checkpoint" / "state.json").is_file()
+    strip = lambda s: {n: {k: v for k, v in r.items() if k != "host"} for n, r in s["strategies"].items()}  # noqa
+    summary = json.loads((tmp_path / "par" / "seeds.json").read_text())
+    assert strip(summary) == strip(json.loads((tmp_path / "serial" / "seeds.json").read_text()))
+    kept = (tmp_path / "par" / "seed-1" / "fedlora" / "checkpoint" / "state.json").stat().st_mtime_ns
+    assert main(["compare", "--resume", str(tmp_path / "par"), "--workers", "2", "--quiet"]) == 0
+    assert (tmp_path / "par" / "seed-1" / "fedlora" / "checkpoint" / "state.json").stat().st_mtime_ns == kept
+    # a resume that extends the runs continues them in the workers, as the serial resume does
+    assert main(["compare", "--resume", str(tmp_path / "serial"), "--set", "rounds=3", "--quiet"]) == 0
+    assert main(["compare", "--resume", str(tmp_path / "par"), "--set", "rounds=3", "--workers", "2", "--quiet"]) == 0
+    assert _histories(tmp_path / "par") == _histories(tmp_path / "serial")
+
+
+@pytest.mark.integration
+def test_ray_local_instance_gives_the_serial_histories(tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedquad[ray]')")
+    from fedquad.cli.main import main
+    profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
+    assert main(["compare", *_common(profile), "--out", str(tmp_path / "serial")]) == 0
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["compare", *_common(profile), "--out", str(tmp_path / "ray"), "--ray-address", "local"]) == 0
+    finally:
+        ray.shutdown()
+    assert _histories(tmp_path / "ray") == _histories(tmp_path / "serial")
+    assert set(_histories(tmp_path / "ray")) == {"fedquad", "fedlora"}
