@@ -95,16 +95,23 @@ def _memory_points(history: list[dict]) -> tuple[list, list]:
     return ok, oom
 
 
+def _panel_grid(panels: int, max_columns: int):
+    """A figure of `panels` small panels sharing a y axis, at most `max_columns` per row: (fig, axes
+    as rows of panels). Both per-strategy figures use it, so their panels line up."""
+    cols = max(1, min(panels, max_columns))
+    rows = max(1, math.ceil(panels / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.8, 3.3 * cols + 0.6), 2.9 * rows + 0.9), squeeze=False,
+                             sharey=True)
+    return fig, axes
+
+
 def memory_figure(histories: dict[str, list[dict]], max_columns: int = 4):
     """Per strategy a panel of every device-round's measured memory over its budget (1.0 = exactly
     full), on a grid of at most `max_columns` columns, with one legend for the whole figure."""
     names = list(histories)
     colours = strategy_colours(names)
-    cols = max(1, min(len(names), max_columns))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(6.8, 3.3 * cols + 0.6), 2.9 * rows + 0.9), squeeze=False,
-                             sharey=True)
-    flat = [ax for row in axes for ax in row]
+    fig, axes = _panel_grid(len(names), max_columns)
+    rows, flat = len(axes), [ax for row in axes for ax in row]
     for ax, name in zip(flat, names):
         ok, oom = _memory_points(histories[name])
         if ok:
@@ -206,11 +213,8 @@ def accuracy_over_seeds_figure(histories: dict[str, dict[int, list[dict]]], targ
     from fedquad.sim.stats import seed_band
     names = list(histories)
     colours = strategy_colours(names)
-    cols = max(1, min(len(names), max_columns))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(6.8, 3.3 * cols + 0.6), 2.9 * rows + 0.9), squeeze=False,
-                             sharey=True)
-    flat = [ax for row in axes for ax in row]
+    fig, axes = _panel_grid(len(names), max_columns)
+    rows, flat = len(axes), [ax for row in axes for ax in row]
     for ax, name in zip(flat, names):
         curves = [[(h["clock_s"], 100 * h["accuracy"]) for h in history if h.get("accuracy") is not None]
                   for history in histories[name].values()]
