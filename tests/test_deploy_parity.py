@@ -33,7 +33,9 @@ pytestmark = pytest.mark.integration
 RUN = {"strategy": "fedquad", "model": "tiny-bert", "task": "synthetic", "train-examples": 100, "eval-examples": 64,
        "max-len": 24, "batch-size": 8, "local-steps": 2, "rounds": 2, "eval-every": 1, "profile-repeats": 1,
        "save-every-round": True, "federated-eval": True, "round-timeout": 300.0, "query-timeout": 240.0,
-       "node-wait-timeout": 120.0, "seed": 5}
+       "node-wait-timeout": 120.0, "seed": 5,
+       # both good nodes must train every round (sit-out is tested in tests/test_planner_learned.py)
+       "sit-out": False}
 GOOD = {"a": {"memory-budget-fraction": 0.8, "device-class": "jetson-orin-nano"},
         "b": {"memory-budget-fraction": 1.1, "device-class": "jetson-agx-orin", "eval-fraction": 0.25}}
 EXAMPLES = 60
