@@ -392,7 +392,7 @@ def test_every_strategy_passes_its_aggregation_settings_and_client_ids():
 def test_server_reply_example_counts(text, problem):
     import json
     pytest.importorskip("flwr")
-    from fedquad.flower.server import reply_examples
+    from fedquad.flower.replies import reply_examples
     count, why = reply_examples(json.loads(text))
     assert why == problem and (count == 16) == (problem is None)
 
@@ -400,7 +400,7 @@ def test_server_reply_example_counts(text, problem):
 def test_server_reply_numbers():
     import json
     pytest.importorskip("flwr")
-    from fedquad.flower.server import reply_numbers
+    from fedquad.flower.replies import reply_numbers
     ok = reply_numbers(json.loads('{"budget_bytes": 4e9, "time_s": 0.2, "loss": -0.5}'))
     assert ok == {"budget_bytes": 4e9, "measured_bytes": None, "time_s": 0.2, "loss": -0.5}
     for text, fragment in (('{"budget_bytes": NaN}', "budget_bytes is 'nan', not a finite number >= 0"),
