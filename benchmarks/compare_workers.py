@@ -22,19 +22,11 @@ import sys
 import tempfile
 import time
 
+from fedquad.sim.workers import run_histories
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(HERE, "sst2_reference", "config.json")
 FEDQUAD = os.path.join(os.path.dirname(sys.executable), "fedquad")
-
-
-def _histories(folder: str) -> dict:
-    found = {}
-    for root, _, files in os.walk(folder):
-        if "history.json" in files:
-            with open(os.path.join(root, "history.json")) as f:
-                found[os.path.relpath(root, folder)] = [{k: v for k, v in h.items() if k != "host"}
-                                                        for h in json.load(f)]
-    return found
 
 
 def _run(args, out: str, workers: int) -> dict:
@@ -72,7 +64,7 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="compare_workers_")
     try:
         rows = [_run(args, os.path.join(tmp, "serial"), 1), _run(args, os.path.join(tmp, "workers"), args.workers)]
-        same = _histories(os.path.join(tmp, "serial")) == _histories(os.path.join(tmp, "workers"))
+        same = run_histories(os.path.join(tmp, "serial")) == run_histories(os.path.join(tmp, "workers"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"load_average": os.getloadavg(), "cpus": os.cpu_count(), "same_histories": same,

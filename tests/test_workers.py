@@ -4,13 +4,12 @@ Ray cluster give the serial loop's histories, in the usual run folders (so a res
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from conftest import quick_profile
 
 from fedquad.errors import FedquadError
-from fedquad.sim.workers import Fanout, run_jobs
+from fedquad.sim.workers import Fanout, run_histories, run_jobs
 
 
 def _common(profile) -> list[str]:
@@ -19,17 +18,6 @@ def _common(profile) -> list[str]:
             "--set", "clients_per_round=3", "--set", "local_steps=1", "--set", "eval_every=1",
             "--set", "scenario=jetson-headroom", "--set", f"profile={profile}",
             "--strategies", "fedquad,fedlora", "--target-accuracy", "0.01", "--quiet"]
-
-
-def _histories(folder) -> dict:
-    """Every run's history under `folder`, host timings left out (they are the only thing that may differ)."""
-    found = {}
-    for root, _, files in os.walk(folder):
-        if "history.json" in files:
-            with open(os.path.join(root, "history.json")) as f:
-                found[os.path.relpath(root, folder)] = [{k: v for k, v in h.items() if k != "host"}
-                                                        for h in json.load(f)]
-    return found
 
 
 def test_fanout_settings_are_checked_in_one_line(capsys):
@@ -52,7 +40,7 @@ def test_workers_give_the_serial_histories_and_resume(tmp_path):
     common = _common(profile) + ["--seeds", "0,1"]
     assert main(["compare", *common, "--out", str(tmp_path / "serial")]) == 0
     assert main(["compare", *common, "--out", str(tmp_path / "par"), "--workers", "2"]) == 0
-    serial, par = _histories(tmp_path / "serial"), _histories(tmp_path / "par")
+    serial, par = run_histories(tmp_path / "serial"), run_histories(tmp_path / "par")
     assert set(par) == {"seed-0/fedquad", "seed-0/fedlora", "seed-1/fedquad", "seed-1/fedlora"}
     assert par == serial
     for seed in (0, 1):  # the RunRecorder layout: a resume finds every run finished
@@ -66,11 +54,11 @@ def test_workers_give_the_serial_histories_and_resume(tmp_path):
     # a resume that extends the runs continues them in the workers, as the serial resume does
     assert main(["compare", "--resume", str(tmp_path / "serial"), "--set", "rounds=3", "--quiet"]) == 0
     assert main(["compare", "--resume", str(tmp_path / "par"), "--set", "rounds=3", "--workers", "2", "--quiet"]) == 0
-    assert _histories(tmp_path / "par") == _histories(tmp_path / "serial")
+    assert run_histories(tmp_path / "par") == run_histories(tmp_path / "serial")
 
 
 @pytest.mark.integration
-def test_ray_local_instance_gives_the_serial_histories(tmp_path):
+def test_ray_local_instance_gives_the_serialrun_histories(tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedquad[ray]')")
     from fedquad.cli.main import main
     profile = quick_profile(tmp_path, "tiny-bert", 8, 24)
@@ -80,5 +68,5 @@ def test_ray_local_instance_gives_the_serial_histories(tmp_path):
         assert main(["compare", *_common(profile), "--out", str(tmp_path / "ray"), "--ray-address", "local"]) == 0
     finally:
         ray.shutdown()
-    assert _histories(tmp_path / "ray") == _histories(tmp_path / "serial")
-    assert set(_histories(tmp_path / "ray")) == {"fedquad", "fedlora"}
+    assert run_histories(tmp_path / "ray") == run_histories(tmp_path / "serial")
+    assert set(run_histories(tmp_path / "ray")) == {"fedquad", "fedlora"}

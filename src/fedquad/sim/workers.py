@@ -62,6 +62,19 @@ class RunJob:
     threads: int = 1
 
 
+def run_histories(folder: str | os.PathLike) -> dict[str, list[dict]]:
+    """Every run's history under `folder` (relative run path -> rounds), host timings left out:
+    they are the only part of a run that may differ between serial, process and Ray fan-outs, so
+    this is what "the same results" compares."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        if "history.json" in files:
+            with open(os.path.join(root, "history.json")) as f:
+                found[os.path.relpath(root, folder)] = [{k: v for k, v in h.items() if k != "host"}
+                                                        for h in json.load(f)]
+    return found
+
+
 def _workload_key(job: RunJob) -> str:
     data = job.config.to_dict()
     for name in ("strategy", "rounds", "time_budget_s", "target_accuracy"):
