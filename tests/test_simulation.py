@@ -147,6 +147,16 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
         load_config(str(tmp_path / "missing.json"))
 
 
+def test_sit_out_cap_reaches_the_planner_and_is_checked():
+    from fedquad.errors import FedquadError
+    from fedquad.sim.runner import planner_config
+    assert planner_config(SimConfig(sit_out_max_fraction=0.8)).sit_out_max_fraction == 0.8
+    assert planner_config(SimConfig()).sit_out_max_fraction == 0.5  # the planner's own default
+    for bad in (1.0, -0.1, True, "half"):
+        with pytest.raises(FedquadError, match="sit_out_max_fraction"):
+            SimConfig(sit_out_max_fraction=bad)
+
+
 @integration
 def test_causal_lm_task_runs_through_simulate_and_compare(tmp_path):
     """Decoders are first-class: a tiny LLaMA on the generated causal-LM task, two strategies."""

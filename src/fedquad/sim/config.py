@@ -82,6 +82,8 @@ class SimConfig:
         "help": "fedquad/depth-only: a straggler sits out when the round gains more time than its data is worth"})
     sit_out_floor_rounds: int = field(default=2, metadata={
         "help": "fedquad/depth-only: a device sampled and untrained this many rounds in a row must train"})
+    sit_out_max_fraction: float = field(default=0.5, metadata={
+        "help": "fedquad/depth-only: at most this fraction of a round's participants may sit out, in [0, 1)"})
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
         "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
@@ -121,6 +123,9 @@ class SimConfig:
         if isinstance(self.sit_out_floor_rounds, bool) or not isinstance(self.sit_out_floor_rounds, int) \
                 or self.sit_out_floor_rounds < 0:
             raise FedquadError(f"config sit_out_floor_rounds must be an integer >= 0, got {self.sit_out_floor_rounds!r}")
+        if isinstance(self.sit_out_max_fraction, bool) or not (
+                isinstance(self.sit_out_max_fraction, (int, float)) and 0 <= self.sit_out_max_fraction < 1):
+            raise FedquadError(f"config sit_out_max_fraction must be a number in [0, 1), got {self.sit_out_max_fraction!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise FedquadError(f"config time_budget_s must be > 0, got {self.time_budget_s}")
         object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list

@@ -46,7 +46,8 @@ def planner_config(config: SimConfig):
                          coverage_rounds=config.coverage_rounds, placement=config.placement,
                          bits=config.quant_bits, memory_margin=config.memory_margin,
                          value=config.planner_value, sit_out=config.sit_out,
-                         sit_out_floor_rounds=config.sit_out_floor_rounds)
+                         sit_out_floor_rounds=config.sit_out_floor_rounds,
+                         sit_out_max_fraction=config.sit_out_max_fraction)
 
 
 def make_strategy(config: SimConfig):
