@@ -15,7 +15,7 @@ from fedquad.sim.seeds import _json_safe, seeds_markdown, summarize_seeds
 def _report(target, **times_and_acc):
     return {"target_accuracy": target, "strategies": {
         name: {"time_to_target_s": t, "final_accuracy": acc, "accuracy_at_common_time": acc,
-               "dropped_device_rounds": 1, "device_rounds": 10}
+               "dropped_device_rounds": 1, "failed_device_rounds": 1, "device_rounds": 10}
         for name, (t, acc) in times_and_acc.items()}}
 
 
@@ -33,6 +33,11 @@ def test_medians_count_never_as_infinitely_slow_and_speedup_is_per_seed():
     assert s["strategies"]["fedlora"]["median_time_to_target_s"] == 30.0  # 15, 30, inf
     assert s["strategies"]["fedquad"]["median_final_accuracy"] == 0.8
     assert s["strategies"]["fedquad"]["dropped_device_rounds"] == 3
+    assert s["strategies"]["fedquad"]["failed_device_rounds"] == 3
+    assert "3/30 (3)" in seeds_markdown(s)
+    old = {k: {**r, "strategies": {n: {f: v for f, v in st.items() if f != "failed_device_rounds"}
+                                   for n, st in r["strategies"].items()}} for k, r in reports.items()}
+    assert summarize_seeds(old)["strategies"]["fedquad"]["failed_device_rounds"] is None  # unknown, not 0
     speed = s["fedquad_speedup_vs_best_baseline"]
     assert speed["0"] == pytest.approx(2.0)  # fastest baseline 20 s vs 10 s
     assert speed["1"] == math.inf  # only FedQuad got there

@@ -119,7 +119,8 @@ def test_compare_cli_writes_outputs(tiny_config, tmp_path, capsys):
     for name in ("fedquad", "fedlora"):
         s = report["strategies"][name]
         assert {"time_to_target_s", "final_accuracy", "rounds", "mean_round_time_s",
-                "dropped_device_rounds"} <= set(s)
+                "dropped_device_rounds", "failed_device_rounds", "sat_out_device_rounds"} <= set(s)
+        assert s["failed_device_rounds"] + s["sat_out_device_rounds"] == s["dropped_device_rounds"]
     for f in ("comparison.md", "accuracy_vs_time.png", "memory.png"):
         assert (out / f).stat().st_size > 0
     # re-report the same runs at another target without training again

@@ -70,3 +70,54 @@ def test_ray_local_instance_gives_the_serialrun_histories(tmp_path):
         ray.shutdown()
     assert run_histories(tmp_path / "ray") == run_histories(tmp_path / "serial")
     assert set(run_histories(tmp_path / "ray")) == {"fedquad", "fedlora"}
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from fedquad.sim.workers import exit_with_parent
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent)
+    print(pool.submit(os.getpid).result(), flush=True)
+    pool.submit(time.sleep, 120)
+    time.sleep(120)
+"""
+
+
+def test_pool_workers_end_when_the_comparison_is_killed(tmp_path):
+    """A `compare --workers N` killed by a signal must not leave workers writing into its folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = tmp_path / "parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)  # alive while its parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            _reap(worker)
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the pool worker outlived its killed parent")
+    finally:
+        parent.kill()
+
+
+def _reap(pid: int) -> None:
+    """The orphan is re-parented (not to us), but in a container the test runner may be init."""
+    import os
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass

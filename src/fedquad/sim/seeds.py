@@ -131,8 +131,14 @@ def _per_strategy(rows: list[dict], seeds: list[int]) -> dict:
         "median_accuracy_at_common_time": _median_or_never([r["accuracy_at_common_time"] for r in rows
                                                             if r["accuracy_at_common_time"] is not None]),
         "dropped_device_rounds": sum(r["dropped_device_rounds"] for r in rows),
+        "failed_device_rounds": _sum_or_none([r.get("failed_device_rounds") for r in rows]),
         "device_rounds": sum(r["device_rounds"] for r in rows),
     }
+
+
+def _sum_or_none(counts: list[int | None]) -> int | None:
+    """A total over seeds, or None where a report predates the count (it is not zero then)."""
+    return None if any(c is None for c in counts) else sum(counts)
 
 
 def _vs_strongest(per_strategy: dict, key: str) -> dict | None:
@@ -182,6 +188,10 @@ def summarize_seeds(reports: dict[int, dict]) -> dict:
             "median_fedquad_speedup": statistics.median(finite) if finite else None}
 
 
+def _fmt_count(n: int | None) -> str:
+    return "-" if n is None else str(n)
+
+
 def _fmt_time(t: float | None) -> str:
     return "never" if t is None or t == INF else f"{t:.0f}"
 
@@ -218,7 +228,7 @@ def seeds_markdown(summary: dict) -> str:
              "'never'. A time is resolved to one evaluation interval: (before, at].", "",
              "| strategy | time to target per seed (s) | reached | median time (s) [95% CI] "
              "| median first touch (s) [95% CI] | median final acc. | median acc. at equal time "
-             "| dropped device-rounds |", "|---|---|---|---|---|---|---|---|"]
+             "| dropped device-rounds (failed) |", "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["strategies"].items():
         intervals = s.get("time_to_target_interval_s", {})
         per_seed = " / ".join(_fmt_interval(intervals.get(str(k)), s["time_to_target_s"][str(k)]) for k in seeds)
@@ -226,7 +236,7 @@ def seeds_markdown(summary: dict) -> str:
         touch = f"{_fmt_time(s.get('median_first_touch_s'))} {_fmt_ci(s.get('median_first_touch_ci95'), _fmt_time)}"
         lines.append(f"| {name} | {per_seed} | {s['seeds_reaching_target']}/{len(seeds)} | {held} | {touch} | "
                      f"{pct(s['median_final_accuracy'])} | {pct(s['median_accuracy_at_common_time'])} | "
-                     f"{s['dropped_device_rounds']}/{s['device_rounds']} |")
+                     f"{s['dropped_device_rounds']}/{s['device_rounds']} ({_fmt_count(s.get('failed_device_rounds'))}) |")
     lines += _speedup_line("target held", summary.get("speedup_vs_strongest_baseline"))
     lines += _speedup_line("first touch", summary.get("speedup_vs_strongest_baseline_first_touch"))
     if summary["fedquad_speedup_vs_best_baseline"]:

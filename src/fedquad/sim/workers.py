@@ -140,6 +140,37 @@ def run_jobs(jobs: list[RunJob], workers: int = 1, ray_address: str | None = Non
     return [done[i] for i in range(len(jobs))]
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Pool-worker initializer: end this process when the process that started it dies.
+
+    A comparison killed by a signal (a scheduler's timeout, `kill`) runs no clean-up, and
+    ProcessPoolExecutor's workers would go on training and writing into the output folder -- a
+    folder the user may already be re-running into. On Linux the kernel delivers SIGTERM to the
+    worker (prctl PR_SET_PDEATHSIG); elsewhere, and as a backstop, a daemon thread sees the parent
+    change and exits."""
+    import multiprocessing
+    import threading
+
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_pool(jobs: list[RunJob], workers: int, finished) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -150,7 +181,7 @@ def _run_pool(jobs: list[RunJob], workers: int, finished) -> None:
     try:
         # spawn, not fork: a forked copy of a process that already ran torch threads can deadlock
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+                                 mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent) as pool:
             futures = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
             pending = set(futures)
             while pending:
