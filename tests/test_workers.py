@@ -4,6 +4,11 @@ Ray cluster give the serial loop's histories, in the usual run folders (so a res
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import quick_profile
@@ -73,7 +78,7 @@ def test_ray_local_instance_gives_the_serialrun_histories(tmp_path):
 
 
 _ORPHAN_SCRIPT = """
-import multiprocessing, os, sys, time
+import multiprocessing, os, time
 from concurrent.futures import ProcessPoolExecutor
 from fedquad.sim.workers import exit_with_parent
 if __name__ == "__main__":
@@ -86,11 +91,6 @@ if __name__ == "__main__":
 
 def test_pool_workers_end_when_the_comparison_is_killed(tmp_path):
     """A `compare --workers N` killed by a signal must not leave workers writing into its folder."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     script = tmp_path / "parent.py"
     script.write_text(_ORPHAN_SCRIPT)
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
@@ -115,8 +115,8 @@ def test_pool_workers_end_when_the_comparison_is_killed(tmp_path):
 
 
 def _reap(pid: int) -> None:
-    """The orphan is re-parented (not to us), but in a container the test runner may be init."""
-    import os
+    """An exited worker stays a zombie (and answers kill 0) until its new parent reaps it; where
+    that is this process (pid 1 or a subreaper in a container), reap it here."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
