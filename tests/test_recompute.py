@@ -83,6 +83,29 @@ def test_recomputed_blocks_give_identical_gradients_and_store_only_their_input(n
         assert "forward" not in block.__dict__
 
 
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_recompute_on_a_padded_decoder_batch_matches_plain_backward(use_cache):
+    """A padded batch gives the attention an explicit mask. If a KV cache reaches a checkpointed
+    block (transformers 5 passes it as `cache=`), the recompute appends the keys a second time and
+    the mask no longer fits; load_model turns the training cache off, and the runtime drops one
+    that a caller's config turns back on."""
+    adapted = cached_model("tiny-llama", "causal-lm")
+    assert adapted.model.config.use_cache is False
+    L = adapted.num_blocks
+    batch = generated_batch(adapted, 2, 16)
+    batch["attention_mask"][1, 10:] = 0
+    batch["labels"][1, 10:] = -100
+    adapted.model.config.use_cache = use_cache
+    try:
+        ref, _, _, _ = _step(adapted, ClientPlan(L), batch)
+        grads, _, recomputed, _ = _step(adapted, ClientPlan(L, 0, 8, "bottom", 2), batch)
+    finally:
+        adapted.model.config.use_cache = False
+    assert recomputed[0] > 0 and recomputed[1] > 0
+    for key in ref:
+        assert torch.equal(grads[key], ref[key]), key
+
+
 def test_recompute_with_quantized_input_quantizes_the_stored_input_only():
     adapted = cached_model("tiny-bert")
     L = adapted.num_blocks

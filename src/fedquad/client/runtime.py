@@ -155,7 +155,9 @@ class PlanRuntime:
         return [self.adapted.parameter(k) for k in self.trainable_keys]
 
 
-_CACHE_KWARGS = ("past_key_value", "past_key_values", "layer_past")
+# transformers 5 renamed a decoder layer's `past_key_values` to `cache` (the old name stays a
+# deprecated alias); both are cleared, or the recompute appends the keys a second time.
+_CACHE_KWARGS = ("past_key_value", "past_key_values", "cache", "layer_past")
 
 
 @contextlib.contextmanager

@@ -214,6 +214,11 @@ def _build(auto, name, config, path, family, kind, lora, dtype, device, with_tok
     except (OSError, ValueError) as exc:
         raise FedquadError(f"cannot load model weights for {name!r}: {str(exc).splitlines()[0]}") from None
     model.to(dtype=DTYPES[dtype])
+    # Training never reads a KV cache, and one built during a training forward holds every block's
+    # full-precision keys and values to the end of it, beside their quantized saved copies (memory
+    # no profile counts). Greedy evaluation asks for a cache explicitly.
+    if getattr(model.config, "use_cache", False):
+        model.config.use_cache = False
 
     blocks = find_block_stack(model)
     names = {id(m): n for n, m in model.named_modules()}
