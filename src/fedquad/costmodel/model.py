@@ -242,6 +242,15 @@ def cost_model_at(profile: Profile, batch_size: int, seq_len: int) -> CostModel:
     return cm
 
 
+def profile_for_length(profile: Profile, seq_len: int | None) -> Profile:
+    """`profile` at its own batch size and `seq_len` padded tokens (None: as profiled): what a
+    device whose longest batch has `seq_len` tokens is planned and charged with. Built once per
+    length (cost_model_at's cache), so the planner's menus, keyed by the profile, are too."""
+    if seq_len is None or int(seq_len) == profile.seq_len:
+        return profile
+    return cost_model_at(profile, profile.batch_size, int(seq_len)).profile
+
+
 def predict_step_peak_bytes(profile: Profile, plan: ClientPlan, batch_size: int, seq_len: int) -> int:
     """The whole memory one training step of `plan` needs on a batch of `batch_size` x `seq_len`
     (padded length): resident weights and adapter, gradients and AdamW state, saved activations,

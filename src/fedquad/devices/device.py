@@ -26,6 +26,21 @@ class Device:
     base_budget_bytes: int | None = field(default=None, metadata={"help": "budget before free-memory drops"})
     base_speed: float | None = field(default=None, metadata={"help": "speed in the fastest mode, no load"})
     initial_power_mode: str = field(default="", metadata={"help": "power mode drawn with the device"})
+    seq_len_tokens: int | None = field(default=None, metadata={
+        "help": "padded length of the device's longest batch, which its plan must fit; None: the profile's length"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+LENGTH_STEP_TOKENS = 8
+
+
+def planning_length(longest_tokens: int, max_len: int | None = None) -> int:
+    """The length a device is planned at (`Device.seq_len_tokens`): its longest example, which is
+    its longest batch's padded width, rounded up to 8 tokens so devices of similar data share one
+    planner menu, and never beyond the run's `max_len` (examples are truncated to it)."""
+    if longest_tokens < 1:
+        raise ValueError(f"a device's longest example must have at least one token, got {longest_tokens}")
+    rounded = -(-int(longest_tokens) // LENGTH_STEP_TOKENS) * LENGTH_STEP_TOKENS
+    return rounded if max_len is None else min(int(max_len), rounded)

@@ -147,7 +147,7 @@ def device_from_report(report: Mapping[str, Any], *, node_id: int, profile, loca
                        data_weight: float) -> tuple[object, dict]:
     """(Device, how each figure was obtained) for a node's profile report, under `profile`."""
     from fedquad.costmodel import cost_model
-    from fedquad.devices import Device, device_class
+    from fedquad.devices import Device, device_class, planning_length
 
     footprint = cost_model(profile).full_footprint_bytes()
     budget, budget_source = budget_bytes(report, footprint, float(report.get("available-bytes") or 0.0))
@@ -174,7 +174,10 @@ def device_from_report(report: Mapping[str, Any], *, node_id: int, profile, loca
     device = Device(device_id=device_id, device_class=cls_name or "unknown", budget_bytes=int(budget), speed=speed,
                     up_Bps=up, down_Bps=down, local_steps=local_steps, data_weight=float(data_weight),
                     power_mode=power_mode, base_budget_bytes=int(budget), base_speed=speed,
-                    initial_power_mode=power_mode)
+                    initial_power_mode=power_mode,
+                    # a node with its own data reports its longest example: planned at that length
+                    seq_len_tokens=(planning_length(int(report["length_max_tokens"]))
+                                    if report.get("length_max_tokens") else None))
     return device, {"budget": budget_source, "speed": speed_source}
 
 

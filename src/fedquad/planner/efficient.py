@@ -146,7 +146,7 @@ def plan_menu(profile: Profile, config: PlannerConfig) -> PlanMenu:
     menu = _MENUS.get(key)
     cm = cost_model(profile)
     if menu is None or menu.cost_model is not cm or menu.utility != utility:
-        if len(_MENUS) > 32:
+        if len(_MENUS) > 128:  # a few configs x each distinct device length (Device.seq_len_tokens)
             _MENUS.clear()
         menu = _MENUS[key] = PlanMenu(cm, config, utility)
     return menu

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from heapq import heapify, heapreplace
 
+from fedquad.costmodel.model import profile_for_length
 from fedquad.costmodel.profile import Profile
 from fedquad.errors import FedquadError
 from fedquad.planner.config import PlannerConfig
@@ -131,6 +132,13 @@ def plan_round(devices, profile: Profile, config: PlannerConfig | None = None,
     """Plan one round: a DeviceDecision per device (input order), the round time and straggler."""
     config = config or PlannerConfig()
     menu = plan_menu(profile, config)
+    # a device whose longest batch is shorter (or longer) than the profile's is planned at its own
+    # length: one menu per distinct length, built once (profile_for_length caches the profile)
+    menus = {None: menu}
+    for dev in devices:
+        length = getattr(dev, "seq_len_tokens", None)
+        if length not in menus:
+            menus[length] = plan_menu(profile_for_length(profile, length), config)
     combine = menu.utility.round_utility
     L = menu.num_blocks
     if state is not None and state.num_blocks != L:
@@ -143,14 +151,15 @@ def plan_round(devices, profile: Profile, config: PlannerConfig | None = None,
         _check(dev)
         tr, mr, free = state.corrections(dev.device_id) if state is not None else (1.0, 1.0, None)
         budget = dev.budget_bytes if free is None else min(dev.budget_bytes, free)
-        es = menu.efficient_set(budget / mr)
-        info.append((budget, tr, mr, menu.feasible_count(budget / mr), es))
+        dev_menu = menus[getattr(dev, "seq_len_tokens", None)]
+        es = dev_menu.efficient_set(budget / mr)
+        info.append((budget, tr, mr, dev_menu.feasible_count(budget / mr), es))
         if es is not None:
             pop.index.append(i)
             pop.sets.append(es)
             pop.A.append(dev.local_steps * tr / dev.speed)
             pop.B.append(tr / dev.up_Bps)
-            pop.C.append(tr * menu.cost_model.download_bytes / dev.down_Bps)
+            pop.C.append(tr * dev_menu.cost_model.download_bytes / dev.down_Bps)
             pop.W.append(dev.data_weight / total_w if total_w > 0 else 1.0 / len(devices))
 
     method, moves, notes = "greedy", 0, {}
@@ -196,7 +205,7 @@ def plan_round(devices, profile: Profile, config: PlannerConfig | None = None,
     for i, dev in enumerate(devices):
         if decisions[i] is None:
             budget, tr, mr, count, _ = info[i]
-            need = menu.smallest_bytes * mr
+            need = menus[getattr(dev, "seq_len_tokens", None)].smallest_bytes * mr
             reason = (f"cannot take part: smallest plan (head only) needs {need / MiB:.1f} MiB > budget "
                       f"{budget / MiB:.1f} MiB (short by {(need - budget) / MiB:.1f} MiB)")
             decisions[i] = DeviceDecision(dev.device_id, dev.device_class, budget, None, None, None, reason,

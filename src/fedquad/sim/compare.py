@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 from fedquad.errors import FedquadError
 from fedquad.sim.files import write_json_atomic
-from fedquad.sim.config import SimConfig, from_dict
+from fedquad.sim.config import SimConfig, run_config_from_dict
 from fedquad.sim.recorder import (PROFILE_FILE, RESUMABLE_SETTINGS, clear_run, pinned_profile, prepare_out_dir,
                                   refuse_leftover_profile, remove_created, run_markers)
 from fedquad.sim.report import accuracy_at, markdown_table, summarize_history, write_report
@@ -36,7 +36,7 @@ def _saved_config(run_dir: str) -> SimConfig | None:
     path = os.path.join(run_dir, "config.json")
     try:
         with open(path) as f:
-            return from_dict(json.load(f), path)
+            return run_config_from_dict(json.load(f), path)
     except (OSError, ValueError, FedquadError):
         return None
 
@@ -149,7 +149,7 @@ def _read_plan(out_dir: str) -> dict | None:
     try:
         with open(path) as f:
             data = json.load(f)
-        plan = {"config": from_dict(data["config"], path), "strategies": [str(n) for n in data["strategies"]],
+        plan = {"config": run_config_from_dict(data["config"], path), "strategies": [str(n) for n in data["strategies"]],
                 "target_accuracy": data["target_accuracy"], "seeds": data["seeds"],
                 "target_hold_evals": data.get("target_hold_evals", TARGET_HOLD_EVALS)}
     except (OSError, ValueError, KeyError, TypeError, FedquadError) as exc:
@@ -355,7 +355,7 @@ def report_from_runs(out_dir: str, strategies: list[str] | None, target: float |
             with open(path) as f:
                 histories[name] = json.load(f)
             with open(config_path) as f:
-                config = from_dict(json.load(f), config_path)
+                config = run_config_from_dict(json.load(f), config_path)
         except (OSError, ValueError) as exc:
             raise FedquadError(f"cannot read the run of {name} in {out_dir}: {exc}") from None
     return write_report(config, histories, out_dir, target, None, hold_evals)

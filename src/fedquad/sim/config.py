@@ -84,6 +84,9 @@ class SimConfig:
         "help": "fedquad/depth-only: a device sampled and untrained this many rounds in a row must train"})
     sit_out_max_fraction: float = field(default=0.5, metadata={
         "help": "fedquad/depth-only: at most this fraction of a round's participants may sit out, in [0, 1)"})
+    plan_at_device_length: bool = field(default=True, metadata={
+        "help": "every strategy plans and charges a device at its longest batch's padded length (its data's "
+                "longest example, rounded up to 8 tokens) instead of the profile's length"})
     placement: str = field(default="bottom", metadata={"help": "quantized blocks at the bottom or top of the segment"})
     quant_bits: tuple[int, ...] = field(default=(8, 4), metadata={
         "help": "bit widths the FedQuad planner may choose, e.g. [8] to rule out int4"})
@@ -118,8 +121,9 @@ class SimConfig:
             raise FedquadError(f"config max_update_norm_ratio must be a number > 0, got {self.max_update_norm_ratio!r}")
         if self.planner_value not in ("learned", "depth"):
             raise FedquadError(f"config planner_value must be learned or depth, got {self.planner_value!r}")
-        if not isinstance(self.sit_out, bool):
-            raise FedquadError(f"config sit_out must be true or false, got {self.sit_out!r}")
+        for name in ("sit_out", "plan_at_device_length"):
+            if not isinstance(getattr(self, name), bool):
+                raise FedquadError(f"config {name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.sit_out_floor_rounds, bool) or not isinstance(self.sit_out_floor_rounds, int) \
                 or self.sit_out_floor_rounds < 0:
             raise FedquadError(f"config sit_out_floor_rounds must be an integer >= 0, got {self.sit_out_floor_rounds!r}")
@@ -238,6 +242,19 @@ def from_dict(data: dict, source: str = "config") -> SimConfig:
         if source == "config":
             raise
         raise FedquadError(f"{source}: {exc}") from None
+
+
+# Settings added after runs were already written, with the value that reproduces such a run: a
+# run's own config.json lists every setting, so one missing was made before the setting existed.
+SETTINGS_BEFORE_THEY_EXISTED = {"plan_at_device_length": False}
+
+
+def run_config_from_dict(data: dict, source: str = "config") -> SimConfig:
+    """A config a run wrote (config.json, checkpoint, compare plan): as `from_dict`, but a setting
+    added since then takes the value the run was made with, not today's default."""
+    if isinstance(data, dict):
+        data = {**{k: v for k, v in SETTINGS_BEFORE_THEY_EXISTED.items() if k not in data}, **data}
+    return from_dict(data, source)
 
 
 def _parse_value(name: str, text: str):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from fedquad.errors import FedquadError
 from fedquad.sim.checkpoint import CHECKPOINT_DIRS, Checkpoint, find_checkpoint, read_checkpoint, save_checkpoint
 from fedquad.sim.files import probe_writable, write_json_atomic
-from fedquad.sim.config import SimConfig, from_dict
+from fedquad.sim.config import SimConfig, run_config_from_dict
 from fedquad.sim.round import RoundState
 
 # Settings a resume may change: when to stop, and the target the plots mark. Anything else
@@ -158,7 +158,7 @@ def _resume_point(given: SimConfig | None, run_dir: str, changes: dict | None) -
     ck = None
     if find_checkpoint(run_dir) is not None:
         ck = read_checkpoint(run_dir)
-        saved = from_dict(ck.config, f"{run_dir}/checkpoint")
+        saved = run_config_from_dict(ck.config, f"{run_dir}/checkpoint")
     elif os.path.isfile(os.path.join(run_dir, "config.json")):
         path = os.path.join(run_dir, "config.json")
         try:
@@ -166,7 +166,7 @@ def _resume_point(given: SimConfig | None, run_dir: str, changes: dict | None) -
                 data = json.load(f)
         except (OSError, ValueError) as exc:
             raise FedquadError(f"cannot read {path}: {exc}") from None
-        saved = from_dict(data, path)
+        saved = run_config_from_dict(data, path)
     else:
         raise FedquadError(f"nothing to resume in {run_dir}: no checkpoint and no config.json")
     if given is not None:  # compare: the run must be the experiment it is asked to continue
@@ -213,7 +213,7 @@ def _saved_server_config(run_dir: str) -> SimConfig | None:
     """The SimConfig in a server run's config.json ({"config": ..., "server": ...}); None: none readable."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
-            return from_dict(json.load(f)["config"], "config.json")
+            return run_config_from_dict(json.load(f)["config"], "config.json")
     except (OSError, ValueError, KeyError, TypeError, FedquadError):
         return None
 
@@ -258,7 +258,7 @@ class RunRecorder:
         checkpoint (no nodes in time, say): its config.json pins that file -- is used again."""
         if resume:
             ck = read_checkpoint(run_dir)
-            config = from_dict(ck.config, f"{run_dir}/checkpoint")
+            config = run_config_from_dict(ck.config, f"{run_dir}/checkpoint")
             return cls(config, run_dir, ck, True)
         if find_checkpoint(run_dir) is not None:
             raise FedquadError(f"{run_dir} already holds a checkpoint: set resume=true to continue it, "

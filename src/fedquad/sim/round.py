@@ -103,7 +103,7 @@ def begin_round(strategy: Strategy, ctx: RoundContext, state: RoundState, report
             continue
         device = actual_by_id[a.device_id]
         memory_bytes, round_time = strategy.costs(ctx, a, device)
-        work.append(ClientWork(a, device, memory_bytes, memory_bytes - predicted_saved_bytes(ctx.profile, a),
+        work.append(ClientWork(a, device, memory_bytes, memory_bytes - predicted_saved_bytes(ctx.profile_for(device), a),
                                round_time.total_s))
     return RoundPlan(ctx, strategy_state, assignments, {a.device_id: actual_by_id[a.device_id] for a in assignments},
                      tuple(work))

@@ -14,7 +14,7 @@ import numpy as np
 
 from fedquad.costmodel import Profile, load_profile, profile_from_dict
 from fedquad.datasets import DataSettings, PartitionConfig, load_task_data, partition
-from fedquad.devices import Device, Scenario, draw_devices, load_scenario
+from fedquad.devices import Device, Scenario, draw_devices, load_scenario, planning_length
 from fedquad.errors import FedquadError
 from fedquad.sim.files import write_json_atomic
 from fedquad.sim.config import SimConfig
@@ -107,10 +107,20 @@ def build_workload(config: SimConfig, out_dir: str | None = None, show_progress:
         raise FedquadError(f"clients_per_round {config.clients_per_round} exceeds the scenario's {len(drawn)} devices")
     parts_list = partition_examples(config, labels, len(drawn))
     parts = {d.device_id: p for d, p in zip(drawn, parts_list)}
-    devices = [dataclasses.replace(d, local_steps=config.local_steps, data_weight=float(len(parts[d.device_id])))
+    devices = [dataclasses.replace(d, local_steps=config.local_steps, data_weight=float(len(parts[d.device_id])),
+                                   seq_len_tokens=device_length(config, train_tokens.lengths[parts[d.device_id]]))
                for d in drawn]
     return Workload(config, adapted, train_tokens, eval_tokens, parts, profile, scenario, devices,
                     eval_source=eval_source)
+
+
+def device_length(config: SimConfig, lengths: np.ndarray) -> int | None:
+    """`Device.seq_len_tokens` for a device holding examples of `lengths` tokens (batches pad to
+    their longest example, fedquad.datasets.batching); None when the config plans every device at
+    the profile's length, or the device has no examples."""
+    if not config.plan_at_device_length or len(lengths) == 0:
+        return None
+    return planning_length(int(lengths.max()), config.max_len)
 
 
 def partition_examples(config: SimConfig, labels: np.ndarray, num_parts: int) -> list[np.ndarray]:

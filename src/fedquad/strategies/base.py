@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from fedquad.costmodel import CostModel, Profile, RoundTimeBreakdown, cost_model
+from fedquad.costmodel import CostModel, Profile, RoundTimeBreakdown, cost_model, profile_for_length
 from fedquad.devices import Device
 from fedquad.plan import ClientPlan, TrainOptions
 
@@ -92,6 +92,14 @@ class RoundContext:
     def cost_model(self) -> CostModel:
         return cost_model(self.profile)
 
+    def profile_for(self, device: Device) -> Profile:
+        """The profile at the device's own length (`Device.seq_len_tokens`; None: as profiled):
+        every strategy plans and charges a device for the batches its data makes."""
+        return profile_for_length(self.profile, device.seq_len_tokens)
+
+    def cost_model_for(self, device: Device) -> CostModel:
+        return cost_model(self.profile_for(device))
+
     def rng(self, *parts) -> random.Random:
         """A random stream fixed by (seed, round, parts): reproducible, and identical after a resume."""
         return random.Random(":".join(map(str, ("fedquad-strategy", self.seed, self.round_index, *parts))))
@@ -118,7 +126,7 @@ class Strategy:
 
     def costs(self, ctx: RoundContext, assignment: Assignment, device: Device) -> tuple[float, RoundTimeBreakdown]:
         """(memory_bytes, round time) of `assignment` on `device` as it is this round."""
-        cm = ctx.cost_model
+        cm = ctx.cost_model_for(device)
         plan = assignment.plan
         return cm.memory_bytes(plan), cm.round_time(plan, device.speed, device.up_Bps, device.down_Bps,
                                                     device.local_steps)
@@ -151,9 +159,9 @@ def fixed_plan_assignments(ctx: RoundContext, strategy: Strategy, devices: Seque
     return out
 
 
-def deepest_fitting_depth(ctx: RoundContext, budget_bytes: float) -> int | None:
-    """Largest d with the unquantized plan of depth d within the budget (None: not even d = 0)."""
-    found = ctx.cost_model.deepest_fitting(budget_bytes)
+def deepest_fitting_depth(ctx: RoundContext, device: Device) -> int | None:
+    """Largest d with the unquantized plan of depth d within the device's budget (None: not even d = 0)."""
+    found = ctx.cost_model_for(device).deepest_fitting(device.budget_bytes)
     return None if found is None else found[0]
 
 

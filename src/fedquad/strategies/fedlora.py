@@ -29,7 +29,9 @@ class FedLoRA(Strategy):
 
     def configure(self, ctx: RoundContext, devices: Sequence[Device], state: dict) -> list[Assignment]:
         plan = ClientPlan(ctx.num_blocks)
-        need = ctx.cost_model.memory_bytes(plan)
-        return fixed_plan_assignments(ctx, self, devices,
-                                      lambda dev: plan if not self.fit_check or need <= dev.budget_bytes else None,
-                                      "full depth for everyone who fits it")
+
+        def plan_for(dev: Device) -> ClientPlan | None:
+            fits = ctx.cost_model_for(dev).memory_bytes(plan) <= dev.budget_bytes
+            return plan if not self.fit_check or fits else None
+
+        return fixed_plan_assignments(ctx, self, devices, plan_for, "full depth for everyone who fits it")

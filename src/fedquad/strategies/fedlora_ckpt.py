@@ -32,10 +32,11 @@ class FedLoRACkpt(Strategy):
         if not cm.supports_recompute:
             raise FedquadError(f"fedlora-ckpt needs a profile with recompute bytes (blocks[].input_bytes); "
                                f"{ctx.profile.source} has none: re-run `fedquad profile`")
-        memory = [cm.memory_bytes(ClientPlan(L, 0, 8, "bottom", r)) for r in range(L + 1)]
+        plans = [ClientPlan(L, 0, 8, "bottom", r) for r in range(L + 1)]
 
         def plan_for(dev: Device) -> ClientPlan | None:
-            r = next((r for r in range(L + 1) if memory[r] <= dev.budget_bytes), None)
+            cm_dev = ctx.cost_model_for(dev)
+            r = next((r for r in range(L + 1) if cm_dev.memory_bytes(plans[r]) <= dev.budget_bytes), None)
             return None if r is None else ClientPlan(L, 0, 8, "bottom", r)
 
         return fixed_plan_assignments(ctx, self, devices, plan_for, "full depth, fewest checkpointed blocks that fit")

@@ -27,7 +27,7 @@ class FedLoRAUniform(Strategy):
 
     def choose_depth(self, ctx: RoundContext, devices: Sequence[Device]) -> tuple[int, str]:
         """(depth, why) for this round."""
-        fits = {dev.device_id: deepest_fitting_depth(ctx, dev.budget_bytes) for dev in devices}
+        fits = {dev.device_id: deepest_fitting_depth(ctx, dev) for dev in devices}
         usable = [d for d in fits.values() if d is not None]
         if self.weakest or not usable:
             depth = min(usable) if usable else 0
@@ -56,7 +56,7 @@ class FedLoRAUniform(Strategy):
         plan = ClientPlan(depth)
 
         def plan_for(dev: Device):
-            d = deepest_fitting_depth(ctx, dev.budget_bytes)
+            d = deepest_fitting_depth(ctx, dev)
             return plan if d is not None and d >= depth else None
 
         return fixed_plan_assignments(ctx, self, devices, plan_for, why)

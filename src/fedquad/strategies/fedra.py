@@ -26,7 +26,7 @@ class FedRA(Strategy):
         L = ctx.num_blocks
         out = []
         for dev in devices:
-            n = deepest_fitting_depth(ctx, dev.budget_bytes)
+            n = deepest_fitting_depth(ctx, dev)
             if n is None:
                 out.append(Assignment(dev.device_id, None, reason="cannot take part: not even the head fits"))
                 continue
@@ -51,6 +51,7 @@ class FedRA(Strategy):
         n = len(blocks)
         sub = Assignment(assignment.device_id, ClientPlan(n))
         memory, time = super().costs(ctx, sub, device)
-        skipped_forward_s = sum(b.forward_s for i, b in enumerate(ctx.profile.blocks) if i not in set(blocks))
+        skipped_forward_s = sum(b.forward_s for i, b in enumerate(ctx.profile_for(device).blocks)
+                                if i not in set(blocks))
         compute_s = max(0.0, time.compute_s - device.local_steps * skipped_forward_s / device.speed)
         return memory, RoundTimeBreakdown(compute_s, time.download_s, time.upload_s)

@@ -16,10 +16,11 @@ class QuantOnly(Strategy):
     paper = "Full-depth LoRA with quantized saved activations only (FedQuad's quantization half)"
 
     def configure(self, ctx: RoundContext, devices: Sequence[Device], state: dict) -> list[Assignment]:
-        L, cm = ctx.num_blocks, ctx.cost_model
+        L = ctx.num_blocks
         menu = [ClientPlan(L, q, bits) for q in range(L + 1) for bits in (8, 4) if q or bits == 8]
 
         def plan_for(dev: Device) -> ClientPlan | None:
+            cm = ctx.cost_model_for(dev)
             return next((p for p in menu if cm.memory_bytes(p) <= dev.budget_bytes), None)
 
         return fixed_plan_assignments(ctx, self, devices, plan_for, "full depth, fewest quantized blocks that fit")
