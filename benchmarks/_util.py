@@ -12,8 +12,9 @@ DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")
 
 
 def machine_line() -> str:
+    threads = torch.get_num_threads()
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+            f"{threads} thread{'' if threads == 1 else 's'}, python {platform.python_version()}")
 
 
 def command_line() -> str:

@@ -11,7 +11,7 @@ from fedquad.devices import Device
 from fedquad.errors import FedquadError
 from fedquad.plan import ClientPlan
 from fedquad.planner import PlannerConfig, PlannerState, plan_round
-from fedquad.planner.config import LearnedUtility
+from fedquad.planner.config import DepthUtility, LearnedUtility
 from fedquad.planner.participation import plan_with_sit_out
 from fedquad.strategies import ClientOutcome, RoundContext, get_strategy
 from fedquad.strategies.fedquad import block_gains
@@ -133,3 +133,22 @@ def test_sit_out_keeps_a_device_worth_its_time():
     devices = [dev(0, speed=1.0), dev(1, speed=0.9)]  # nearly equal: dropping one halves the value
     config = PlannerConfig(sit_out=True)
     assert plan_with_sit_out(devices, PROFILE, config) == plan_round(devices, PROFILE, config)
+
+
+def test_a_saturating_round_value_buys_shorter_rounds():
+    """value_exponent < 1: (sum_i w_i v_i) ** e / R -- the planner gives up value for time more
+    readily, never the other way round; 1 is the linear utility exactly."""
+    profile = profile_from_dict(synthetic_profile(), "synthetic")
+    shorter = 0
+    for slow in (0.7, 0.6, 0.5, 0.4):
+        devices = [Device("fast", "t", 10**10, 1.0, 1e9, 1e9, 4), Device("slow", "t", 10**10, slow, 1e9, 1e9, 4)]
+        linear, saturating = (plan_with_sit_out(devices, profile, PlannerConfig(sit_out=True, value_exponent=e))
+                              for e in (1.0, 0.5))
+        assert saturating.round_time_s <= linear.round_time_s + 1e-12
+        shorter += saturating.round_time_s < linear.round_time_s
+    assert shorter >= 2
+    assert DepthUtility(value_exponent=0.5).round_utility(4.0, 2.0) == pytest.approx(1.0)
+    assert DepthUtility().round_utility(4.0, 2.0) == pytest.approx(2.0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(FedquadError, match="value_exponent"):
+            PlannerConfig(value_exponent=bad)

@@ -193,6 +193,10 @@ class FedquadServer:
                 self.unusable[node_id] = str(exc)  # not asked again in this run (a restarted node is)
                 log(f"node {node_id} cannot take part: {exc}")
                 continue
+            if not self.config.plan_at_device_length:  # the run plans every node at the profile's length
+                device = dataclasses.replace(device, seq_len_tokens=None)
+            elif device.seq_len_tokens is not None:  # lengths are truncated to max_len
+                device = dataclasses.replace(device, seq_len_tokens=min(device.seq_len_tokens, self.config.max_len))
             if report.get("budget-from-run-config"):
                 sources["budget"] = "run config node-budgets"
             if device.device_id in taken:  # two nodes with the same name: keep both, distinguishably

@@ -40,8 +40,10 @@ class DepthUtility:
         penalty = self.int8_penalty if plan.bits == 8 else self.int4_penalty
         return plan.depth - penalty * plan.quant_layers
 
+    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
+
     def round_utility(self, weighted_value: float, round_time_s: float) -> float:
-        return weighted_value / max(round_time_s, 1e-12)  # a zero-cost profile must not divide by zero
+        return _saturating(weighted_value, self.value_exponent) / max(round_time_s, 1e-12)  # zero-cost profile: no /0
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,14 @@ class LearnedUtility:
         lost = penalty * sum(values[b] for b in plan.quantized_blocks(num_blocks)) if plan.quant_layers else 0.0
         return self.head_value + sum(values[num_blocks - plan.depth:]) - lost
 
+    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
+
     def round_utility(self, weighted_value: float, round_time_s: float) -> float:
-        return weighted_value / max(round_time_s, 1e-12)
+        return _saturating(weighted_value, self.value_exponent) / max(round_time_s, 1e-12)
+
+
+def _saturating(weighted_value: float, exponent: float) -> float:
+    return weighted_value if exponent == 1.0 else max(weighted_value, 0.0) ** exponent
 
 
 VALUES = ("depth", "learned")
@@ -119,6 +127,10 @@ class PlannerConfig:
     sit_out_max_fraction: float = field(default=0.5, metadata={
         "help": "at most this fraction of a round's participants may sit out (the utility counts data linearly; "
                 "a merge of fewer clients is also noisier, which it does not see)"})
+    value_exponent: float = field(default=1.0, metadata={
+        "help": "round utility (sum_i w_i v_i) ** e / R: 1 counts value (data share x depth) linearly; below 1 a "
+                "round's value saturates (a FedAvg merge gains less from each further client), so the planner "
+                "gives up a straggler's value for a shorter round more readily; in (0, 1]"})
     sit_out_floor_rounds: int = field(default=2, metadata={
         "help": "a device that was sampled and did not train this many rounds in a row may not be sat out "
                 "(no device starves)"})
@@ -140,13 +152,16 @@ class PlannerConfig:
             raise FedquadError(f"value must be one of {VALUES}, got {self.value!r}")
         if not 0 <= self.sit_out_max_fraction < 1:
             raise FedquadError(f"sit_out_max_fraction must be in [0, 1), got {self.sit_out_max_fraction}")
+        if not 0 < self.value_exponent <= 1:
+            raise FedquadError(f"value_exponent must be in (0, 1], got {self.value_exponent}")
         if self.sit_out_floor_rounds < 0:
             raise FedquadError(f"sit_out_floor_rounds must be >= 0, got {self.sit_out_floor_rounds}")
         if self.utility is not None and not isinstance(self.utility, Utility):
             raise FedquadError("utility must provide plan_value(plan, num_blocks) and round_utility(value, time)")
 
     def resolved_utility(self) -> Utility:
-        return self.utility if self.utility is not None else DepthUtility(self.int8_penalty, self.int4_penalty)
+        return self.utility if self.utility is not None else DepthUtility(self.int8_penalty, self.int4_penalty,
+                                                                          self.value_exponent)
 
     def for_state(self, state) -> "PlannerConfig":
         """This config with the utility the state's measurements imply (value = learned; a
@@ -159,4 +174,4 @@ class PlannerConfig:
         # rounded to 4 significant digits: a value that moved by float noise must not rebuild the menu
         blocks = tuple(float(f"{v:.4g}") for v in blocks)
         return dataclasses.replace(self, utility=LearnedUtility(blocks, float(f"{head:.4g}"), self.int8_penalty,
-                                                                self.int4_penalty))
+                                                                self.int4_penalty, self.value_exponent))

@@ -84,6 +84,9 @@ class SimConfig:
         "help": "fedquad/depth-only: a device sampled and untrained this many rounds in a row must train"})
     sit_out_max_fraction: float = field(default=0.5, metadata={
         "help": "fedquad/depth-only: at most this fraction of a round's participants may sit out, in [0, 1)"})
+    planner_value_exponent: float = field(default=1.0, metadata={
+        "help": "fedquad/depth-only: round utility (data share x block value) ** e / round time; e < 1 makes value "
+                "saturate, so stragglers sit out or go shallower more readily; in (0, 1]"})
     plan_at_device_length: bool = field(default=True, metadata={
         "help": "every strategy plans and charges a device at its longest batch's padded length (its data's "
                 "longest example, rounded up to 8 tokens) instead of the profile's length"})
@@ -130,6 +133,10 @@ class SimConfig:
         if isinstance(self.sit_out_max_fraction, bool) or not (
                 isinstance(self.sit_out_max_fraction, (int, float)) and 0 <= self.sit_out_max_fraction < 1):
             raise FedquadError(f"config sit_out_max_fraction must be a number in [0, 1), got {self.sit_out_max_fraction!r}")
+        if isinstance(self.planner_value_exponent, bool) or not (
+                isinstance(self.planner_value_exponent, (int, float)) and 0 < self.planner_value_exponent <= 1):
+            raise FedquadError(f"config planner_value_exponent must be a number in (0, 1], got "
+                               f"{self.planner_value_exponent!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise FedquadError(f"config time_budget_s must be > 0, got {self.time_budget_s}")
         object.__setattr__(self, "quant_bits", tuple(self.quant_bits))  # JSON gives a list

@@ -47,7 +47,8 @@ def planner_config(config: SimConfig):
                          bits=config.quant_bits, memory_margin=config.memory_margin,
                          value=config.planner_value, sit_out=config.sit_out,
                          sit_out_floor_rounds=config.sit_out_floor_rounds,
-                         sit_out_max_fraction=config.sit_out_max_fraction)
+                         sit_out_max_fraction=config.sit_out_max_fraction,
+                         value_exponent=config.planner_value_exponent)
 
 
 def make_strategy(config: SimConfig):
