@@ -47,9 +47,10 @@ def test_identity_hooks_reproduce_gradients_exactly(name, task):
 # for one quantized block (FedQuad's bottom placement) at both widths. With every block quantized
 # the error of each block adds up: int8 is held to the done-when figure (>= 0.999); int4,
 # with the default int4 storage (bfloat16 scales, per-group Hadamard rotation, head-width tensors at
-# int8; docs/quantization.md section 5), reaches 0.989 on the tiny LLaMA but 0.972 on MiniLM for this
-# batch (0.967-0.976 over the study's seeds), so that case is held to 0.965, below the 0.98 target.
-FIDELITY_CASES = [(8, "one", 0.9999), (4, "one", 0.98), (8, "all", 0.999), (4, "all", 0.965)]
+# int8; docs/quantization.md section 5) and storage-exact views, reaches 0.989 on MiniLM for this batch
+# (0.981-0.988 over docs/bench_fidelity.md's seeds; the tiny LLaMA 0.988-0.990), so it is held to the 0.98
+# target too.
+FIDELITY_CASES = [(8, "one", 0.9999), (4, "one", 0.98), (8, "all", 0.999), (4, "all", 0.98)]
 
 
 @pytest.mark.parametrize("name,task", FIDELITY_MODELS)
