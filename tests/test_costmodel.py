@@ -202,10 +202,8 @@ def test_version1_reads_with_ordinary_bytes_for_the_lowest_block():
     assert data["schema_version"] == 1 and "saved_bytes_lowest" not in data["blocks"][0]  # input left as it was
 
 
-# committed with a reference run that the headline issue re-makes (schema 2: workspace estimated)
-STALE_PROFILES = ["benchmarks/decoder_reference/results/profile.json"]
 COMMITTED_PROFILES = ["src/fedquad/resources/profiles/minilm-b16-s64.json",
-                      "benchmarks/decoder_reference/results/profile.json"]
+                      "benchmarks/decoder_reference/profile.json"]  # the decoder reference's, measured 2026-12-02
 
 
 @pytest.mark.parametrize("path", COMMITTED_PROFILES)
@@ -214,11 +212,7 @@ def test_committed_profiles_load_and_round_trip(path):
     root = pathlib.Path(__file__).resolve().parent.parent
     p = load_profile(str(root / path))
     data = json.loads((root / path).read_text())
-    if data["schema_version"] == 2:  # the decoder reference's profile predates the measured step peak
-        assert path in STALE_PROFILES and len(p.upgraded) == 1 and "workspace" in p.upgraded[0]
-        data = profile_to_dict(p) | {k: data[k] for k in data if k not in profile_to_dict(p)}
-    else:
-        assert p.upgraded == ()
+    assert p.upgraded == () and data["schema_version"] == SCHEMA_VERSION
     assert p.num_blocks == len(p.blocks) > 0
     assert profile_from_dict(profile_to_dict(p)) == p
     # what the writers emit (profile_document) keeps the cost-model fields of the committed file
