@@ -493,8 +493,10 @@ def test_causal_lm_round_through_server_and_client_handlers(tmp_path, monkeypatc
     before = dict(server.state.global_state)
     new_global = server.aggregate_round(replies)
     devices = {d["device_id"]: d for d in server.pending_report["devices"]}
-    # the planner may lower the slow node to depth 0, which trains nothing on a causal LM: it sits out
-    assert all(d["status"] == "ok" or (d["status"] == "idle" and "trains nothing" in d["failure"])
+    # the planner may lower the slow node to depth 0, which trains nothing on a causal LM, or let it
+    # sit out as the straggler (the profile's times are one noisy repeat): either way it is idle
+    assert all(d["status"] == "ok" or (d["status"] == "idle" and ("trains nothing" in d["failure"]
+                                                                   or "sits out" in d["failure"]))
                for d in devices.values()), devices
     assert any(d["status"] == "ok" for d in devices.values())
     assert any(not torch.equal(before[k], new_global[k]) for k in before)
