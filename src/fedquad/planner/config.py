@@ -31,16 +31,16 @@ class Utility(Protocol):
 
 @dataclass(frozen=True)
 class DepthUtility:
-    """v(plan) = depth - penalty[bits] * quant_layers; U = sum_i w_i v_i / R (training value per second)."""
+    """v(plan) = depth - penalty[bits] * quant_layers; U = (sum_i w_i v_i) ** e / R (training value per
+    second; e = value_exponent, 1 by default)."""
 
     int8_penalty: float = field(default=0.05, metadata={"help": "value lost per block with int8 saved activations"})
     int4_penalty: float = field(default=0.2, metadata={"help": "value lost per block with int4 saved activations"})
+    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
 
     def plan_value(self, plan: ClientPlan, num_blocks: int) -> float:
         penalty = self.int8_penalty if plan.bits == 8 else self.int4_penalty
         return plan.depth - penalty * plan.quant_layers
-
-    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
 
     def round_utility(self, weighted_value: float, round_time_s: float) -> float:
         return _saturating(weighted_value, self.value_exponent) / max(round_time_s, 1e-12)  # zero-cost profile: no /0
@@ -60,6 +60,7 @@ class LearnedUtility:
     head_value: float = field(default=1.0, metadata={"help": "measured value of training the head"})
     int8_penalty: float = field(default=0.05, metadata={"help": "fraction of a block's value lost at int8"})
     int4_penalty: float = field(default=0.2, metadata={"help": "fraction of a block's value lost at int4"})
+    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
 
     def __post_init__(self) -> None:
         if any(not v >= 0 for v in (*self.block_values, self.head_value)):
@@ -72,8 +73,6 @@ class LearnedUtility:
         penalty = self.int8_penalty if plan.bits == 8 else self.int4_penalty
         lost = penalty * sum(values[b] for b in plan.quantized_blocks(num_blocks)) if plan.quant_layers else 0.0
         return self.head_value + sum(values[num_blocks - plan.depth:]) - lost
-
-    value_exponent: float = field(default=1.0, metadata={"help": "U = (sum_i w_i v_i) ** this / R (see PlannerConfig)"})
 
     def round_utility(self, weighted_value: float, round_time_s: float) -> float:
         return _saturating(weighted_value, self.value_exponent) / max(round_time_s, 1e-12)
